@@ -1,0 +1,194 @@
+/* weft.h: an M:N work-stealing coroutine scheduler.
+ *
+ * Coroutines are ordinary C functions on their own stacks, run by one worker
+ * thread per core; idle workers steal from busy ones. Calls that wait park
+ * the calling coroutine (its worker runs others) and block the calling
+ * thread when called from a plain thread.
+ *
+ * Conventions, for every call below unless it says otherwise:
+ * - Returns 0 or a positive errno code (as pthreads do) and never sets
+ *   errno. A failed call leaves the caller's objects as they were.
+ * - Time is int64_t nanoseconds of CLOCK_MONOTONIC (weft_now). Calls that
+ *   can wait take an absolute deadline; WEFT_FOREVER waits without limit;
+ *   a deadline already passed means "do not wait": the call still succeeds
+ *   if it can complete at once, else returns ETIMEDOUT.
+ * - "Any thread" means coroutines and plain threads alike.
+ * - Arguments are borrowed for the duration of the call. */
+#ifndef WEFT_H
+#define WEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "weft/ctx.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ===================================================================== */
+/* Runtime                                                               */
+/* ===================================================================== */
+
+enum { WEFT_PIN_AUTO = 0, WEFT_PIN_ON = 1, WEFT_PIN_OFF = 2 };
+
+typedef struct weft_config {
+    unsigned workers;      /* 0: one per core this process may run on (its
+                              affinity mask and cgroup cpuset, via hwloc);
+                              the environment's WEFT_WORKERS overrides */
+    size_t stack_size;     /* 0: 256 KiB usable; WEFT_STACK_SIZE (bytes, or
+                              with a K/M suffix) overrides */
+    int pin;               /* WEFT_PIN_AUTO: bind worker i to core i when
+                              there is a core for every worker; ON: always;
+                              OFF: never */
+    unsigned blocking_max; /* reserved for the blocking pool; 0: default */
+} weft_config;
+
+/* Starts the runtime: its workers, idle until something is spawned.
+ * cfg may be NULL (all defaults). Call from a plain thread.
+ * Returns 0; EALREADY if running; EDEADLK inside a coroutine; EINVAL for a
+ * pin value out of range; ENOMEM or EAGAIN if threads or memory run out. */
+WEFT_API int weft_start(const weft_config *cfg);
+
+/* Waits until every coroutine (detached ones included) has finished, then
+ * stops the workers. Call from a plain thread. The runtime can be started
+ * again afterwards.
+ * Returns 0; EPERM if not running; EDEADLK inside a coroutine. */
+WEFT_API int weft_stop(void);
+
+/* Starts the runtime with cfg, runs fn(arg) as a coroutine, waits for it
+ * and for every coroutine started meanwhile, stops, and stores fn's return
+ * value in *result (if result is not NULL).
+ * Returns 0; EINVAL if fn is NULL; EALREADY if the runtime is running;
+ * EDEADLK inside a coroutine; the errors of weft_start. */
+WEFT_API int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg,
+                       void **result);
+
+/* The number of workers, 0 when the runtime is not running. Any thread. */
+WEFT_API unsigned weft_workers(void);
+
+/* The index of the calling worker (0 .. weft_workers()-1), -1 on a plain
+ * thread. A coroutine may move between workers at any call that waits. */
+WEFT_API int weft_worker(void);
+
+/* ===================================================================== */
+/* Coroutines                                                            */
+/* ===================================================================== */
+
+typedef struct weft_co weft_co;
+
+typedef struct weft_attr {
+    size_t stack_size; /* 0: the runtime's default; rounded up to pages */
+    const char *name;  /* copied; shown in overflow reports and traces */
+} weft_attr;
+
+/* Spawns fn(arg) as a coroutine. With co == NULL the coroutine is
+ * detached; otherwise *co is a handle for exactly one weft_join or
+ * weft_detach. attr may be NULL. On one worker, coroutines start in spawn
+ * order. The coroutine gets its stack when it first runs. Any thread.
+ * Returns 0; EINVAL if fn is NULL; EPERM if the runtime is not running;
+ * ENOMEM. */
+WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr,
+                        void *(*fn)(void *), void *arg);
+
+/* Waits for co to finish, stores its return value in *result (if result is
+ * not NULL) and frees the handle. A coroutine that has not started yet may
+ * run at once on the caller's worker. Any thread (a plain thread blocks).
+ * Returns 0; EINVAL for NULL or for a handle already joined or detached (as
+ * far as that can be detected: like a pthread_t, the handle is dead after
+ * a successful join); EDEADLK when co is the caller; EPERM if the runtime
+ * is not running. */
+WEFT_API int weft_join(weft_co *co, void **result);
+
+/* Gives up the handle: the coroutine frees itself when it finishes.
+ * Returns 0; EINVAL for NULL or a dead handle; EPERM if not running. */
+WEFT_API int weft_detach(weft_co *co);
+
+/* Lets every coroutine that was runnable on this worker run before the
+ * caller runs again (FIFO). On a plain thread, sched_yield(). */
+WEFT_API void weft_yield(void);
+
+/* The calling coroutine, NULL on a plain thread. */
+WEFT_API weft_co *weft_self(void);
+
+/* ===================================================================== */
+/* Time                                                                  */
+/* ===================================================================== */
+
+#define WEFT_FOREVER ((int64_t)-1)
+
+/* CLOCK_MONOTONIC in nanoseconds. Any thread, no runtime needed. */
+WEFT_API int64_t weft_now(void);
+
+/* Sleeps for ns nanoseconds (relative; ns <= 0 returns at once). A
+ * coroutine parks; a plain thread blocks. Returns 0. */
+WEFT_API int weft_sleep(int64_t ns);
+
+/* Sleeps until weft_now() >= deadline. Returns 0 (also for a deadline
+ * already passed); EINVAL for WEFT_FOREVER, which would never return. */
+WEFT_API int weft_sleep_until(int64_t deadline);
+
+/* ===================================================================== */
+/* Generators                                                            */
+/* ===================================================================== */
+
+/* Asymmetric coroutines that yield values, like Python's generators. They
+ * run on their own guarded stacks, on plain threads and in coroutines, with
+ * or without a running runtime. In a coroutine, fn may call anything that
+ * waits: the coroutine parks inside weft_gen_next. A generator is advanced
+ * by one caller at a time. */
+typedef struct weft_gen weft_gen;
+
+/* Makes a generator that will run fn(g, arg) on the first weft_gen_next.
+ * attr may be NULL (stack_size 0: the runtime's default; name copied).
+ * Returns 0; EINVAL if g or fn is NULL; ENOMEM. */
+WEFT_API int weft_gen_make(weft_gen **g, const weft_attr *attr,
+                           void (*fn)(weft_gen *g, void *arg), void *arg);
+
+/* Runs g until it yields, and stores the value in *value.
+ * Returns 0 with a value; ENODATA once fn has returned (then and on every
+ * later call); EINVAL if g or value is NULL; EDEADLK when called from g
+ * itself. */
+WEFT_API int weft_gen_next(weft_gen *g, void **value);
+
+/* Inside g's fn: hands value to the weft_gen_next that is waiting and
+ * suspends until the next one. Does nothing when not called from inside g. */
+WEFT_API void weft_gen_yield(weft_gen *g, void *value);
+
+/* Inside g's fn: re-yields every value of inner until inner ends, like
+ * Python's `yield from`. The caller still frees inner afterwards.
+ * Returns 0; EINVAL if g or inner is NULL or they are the same; EPERM when
+ * not called from inside g; the errors of weft_gen_next for inner. */
+WEFT_API int weft_gen_yield_from(weft_gen *g, weft_gen *inner);
+
+/* Frees g, finished or not: an unfinished generator's stack is released
+ * and fn never resumes (its stack is not unwound). Does nothing for NULL or
+ * for a generator that is running. */
+WEFT_API void weft_gen_free(weft_gen *g);
+
+/* ===================================================================== */
+/* Observability                                                         */
+/* ===================================================================== */
+
+typedef struct weft_stats {   /* totals since the runtime started */
+    uint64_t spawned;         /* coroutines spawned (weft_main's included) */
+    uint64_t finished;        /* coroutines that returned */
+    uint64_t switches;        /* switches into a coroutine */
+    uint64_t steals;          /* coroutines taken from another worker */
+    uint64_t steal_attempts;  /* visits to a victim's queue */
+    uint64_t parks;           /* waits that parked a coroutine */
+    uint64_t wakeups;         /* parked coroutines made runnable again */
+    uint64_t blocking_calls;  /* calls run on the blocking pool */
+    uint64_t handoffs;        /* woken coroutines run next on the waker's worker */
+} weft_stats;
+
+/* Sums the counters of every worker. They are gathered without stopping
+ * the workers, so a running runtime's figures are a moment's estimate.
+ * Returns 0; EINVAL if out is NULL; EPERM if the runtime is not running. */
+WEFT_API int weft_stats_get(weft_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

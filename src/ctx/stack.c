@@ -1,0 +1,496 @@
+/* Stacks: guarded, committed lazily, pooled. Owns every fiber stack and the
+ * SIGSEGV/SIGBUS handler that turns a guard-page hit into a report.
+ *
+ * A stack is one anonymous mapping: a guard region (64 KiB, so a frame with
+ * a large local array cannot jump over it) below the usable stack. Pages are
+ * committed by the kernel on first touch, so a coroutine parked a few frames
+ * deep costs one or two pages of RSS, not its whole stack.
+ *
+ * The guard and the mapping budget. vm.max_map_count is 65530 on a stock
+ * kernel, and a guard made with mprotect splits the mapping in two: 2
+ * mappings a stack, 32,765 stacks at most, short of BENCH.md's 100,000
+ * parked coroutines. Three modes, picked at run time:
+ *  1. MADV_GUARD_INSTALL (Linux 6.13+): the guard is a page-table marker
+ *     inside the one mapping; the mapping stays whole, and adjacent stacks
+ *     even merge into one mapping. Every stack is guarded. Probed once with
+ *     a real madvise; EINVAL means an older kernel.
+ *  2. mprotect guards (older kernels), while the live guarded stacks stay
+ *     within a budget of (max_map_count - 8192) / 2, which leaves 8192
+ *     mappings to the rest of the program.
+ *  3. Past that budget, stacks without a guard page, with a canary word at
+ *     their lowest address that every switch away from the stack checks.
+ *     An overflow is then caught at the next switch, after the fact but
+ *     before it can spread silently; WEFT_DEBUG-free and always on.
+ * Rejected: one big region with no guards at all (silent corruption), and
+ * failing spawn once the budget is spent (100,000 parked coroutines must
+ * work with default settings).
+ *
+ * Pooling. Freed stacks of the default size go to a per-thread cache (32,
+ * no atomics), then to a process-wide pool (up to 1024) that is a lock-free
+ * LIFO of type-stable descriptors (atomic.h); beyond that they are
+ * unmapped. New default stacks are mapped 32 at a time to amortise the
+ * mmap and madvise calls. Pooled stacks keep the pages they dirtied: the
+ * price of not paying a madvise on every free.
+ *
+ * The handler runs on an alternate signal stack (each worker gets one;
+ * plain threads get one when they make a context or generator). It reads
+ * the thread's current fiber: a fault inside that fiber's guard region is
+ * an overflow of the running stack, reported by name; anything else goes to
+ * the handler that was installed before weft's. */
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define WEFT_VALGRIND 1
+#endif
+#endif
+
+#include "../alloc.h"
+#include "ctx.h"
+#include "stack.h"
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+#define GUARD_BYTES ((size_t)64 * 1024)
+#define DEFAULT_BYTES ((size_t)256 * 1024)
+#define MIN_BYTES ((size_t)16 * 1024)
+#define CACHE_MAX 32
+#define POOL_MAX 1024
+#define BATCH 32
+
+extern WEFT_TLS weft__fiber *weft__tls_fiber; /* ctx.c */
+
+static size_t page_bytes;
+static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+/* Relaxed: configuration, set before the runtime's threads read it. */
+static _Atomic size_t default_bytes;
+static _Atomic size_t env_bytes;        /* WEFT_STACK_SIZE, 0 if unset */
+static _Atomic unsigned mode;           /* enum weft__guard_mode for new stacks */
+static long mprotect_budget;
+/* Relaxed: a budget counter; being a few stacks off is harmless. */
+static _Atomic long mprotect_live;
+
+static weft__lifo pool = WEFT__LIFO_INIT;     /* default-size stacks */
+static _Atomic long pool_count;               /* relaxed: a soft bound */
+static weft__lifo spare = WEFT__LIFO_INIT;    /* descriptors without stacks */
+
+static WEFT_TLS weft__stack *cache;
+static WEFT_TLS unsigned cache_count;
+static pthread_key_t thread_key;
+
+static size_t parse_size(const char *s)
+{
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s)
+        return 0;
+    if (*end == 'k' || *end == 'K')
+        v <<= 10;
+    else if (*end == 'm' || *end == 'M')
+        v <<= 20;
+    else if (*end == 'g' || *end == 'G')
+        v <<= 30;
+    return (size_t)v;
+}
+
+static void flush_cache(void *unused);
+static size_t round_pages(size_t bytes);
+
+static void setup(void)
+{
+    page_bytes = (size_t)sysconf(_SC_PAGESIZE);
+    const char *env = getenv("WEFT_STACK_SIZE");
+    size_t from_env = env ? parse_size(env) : 0;
+    atomic_store(&env_bytes, from_env);
+    atomic_store(&default_bytes, round_pages(from_env ? from_env : DEFAULT_BYTES));
+
+    long max_maps = 65530;
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &max_maps) != 1)
+            max_maps = 65530;
+        fclose(f);
+    }
+    mprotect_budget = max_maps > 16384 ? (max_maps - 8192) / 2 : max_maps / 4;
+
+    /* Probe MADV_GUARD_INSTALL on a scratch mapping. */
+    unsigned m = WEFT__GUARD_MPROTECT;
+    void *probe = mmap(NULL, 2 * page_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe != MAP_FAILED) {
+        if (madvise(probe, page_bytes, MADV_GUARD_INSTALL) == 0)
+            m = WEFT__GUARD_INSTALL;
+        munmap(probe, 2 * page_bytes);
+    }
+    if (atomic_load(&mode) == 0)
+        atomic_store(&mode, m);
+    pthread_key_create(&thread_key, flush_cache);
+}
+
+static void ensure_setup(void)
+{
+    pthread_once(&setup_once, setup);
+}
+
+static size_t round_pages(size_t bytes)
+{
+    if (bytes < MIN_BYTES)
+        bytes = MIN_BYTES;
+    return (bytes + page_bytes - 1) & ~(page_bytes - 1);
+}
+
+size_t weft__stack_round(size_t bytes)
+{
+    ensure_setup();
+    if (bytes == 0)
+        return atomic_load_explicit(&default_bytes, memory_order_relaxed);
+    return round_pages(bytes);
+}
+
+size_t weft__stack_default_size(void)
+{
+    return weft__stack_round(0);
+}
+
+void weft__stack_set_default(size_t bytes)
+{
+    ensure_setup();
+    size_t env = atomic_load(&env_bytes);
+    size_t want = env ? env : (bytes ? bytes : DEFAULT_BYTES);
+    atomic_store_explicit(&default_bytes, weft__stack_round(want), memory_order_relaxed);
+}
+
+unsigned weft__stack_mode(void)
+{
+    ensure_setup();
+    return atomic_load_explicit(&mode, memory_order_relaxed);
+}
+
+void weft__stack_force_mode(unsigned m)
+{
+    ensure_setup();
+    atomic_store(&mode, m);
+}
+
+static weft__stack *new_desc(void)
+{
+    weft__stack *s = (weft__stack *)weft__lifo_pop(&spare);
+    if (!s) {
+        /* Type-stable: descriptors are never freed (see weft__lifo). */
+        s = weft__calloc(sizeof *s);
+        if (!s)
+            return NULL;
+    }
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+static void valgrind_register(weft__stack *s)
+{
+#if defined(WEFT_VALGRIND)
+    /* The id is not kept: the same range is registered again on reuse
+     * only when remapped, and valgrind matches deregistration by range. */
+    (void)VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
+#else
+    (void)s;
+#endif
+}
+
+/* Sets s's guard for the mode chosen; the mapping is [map, map+map_bytes). */
+static int guard(weft__stack *s, unsigned want)
+{
+    char *base = s->map;
+    if (want == WEFT__GUARD_INSTALL) {
+        if (madvise(base, GUARD_BYTES, MADV_GUARD_INSTALL) == 0) {
+            s->mode = WEFT__GUARD_INSTALL;
+            return 0;
+        }
+        want = WEFT__GUARD_MPROTECT;
+    }
+    if (want == WEFT__GUARD_MPROTECT) {
+        long live = atomic_fetch_add_explicit(&mprotect_live, 1, memory_order_relaxed);
+        if (live < mprotect_budget && mprotect(base, GUARD_BYTES, PROT_NONE) == 0) {
+            s->mode = WEFT__GUARD_MPROTECT;
+            return 0;
+        }
+        atomic_fetch_sub_explicit(&mprotect_live, 1, memory_order_relaxed);
+    }
+    s->mode = WEFT__GUARD_CANARY;
+    *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+    return 0;
+}
+
+/* Maps `count` stacks of `bytes` usable in one mmap; returns them as a list. */
+static weft__stack *map_stacks(size_t bytes, unsigned count)
+{
+    size_t one = GUARD_BYTES + bytes;
+    char *base = mmap(NULL, one * count, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+                      -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    /* A stack region must never be backed by a huge page: one touched byte
+     * would commit 2 MiB. */
+    (void)madvise(base, one * count, MADV_NOHUGEPAGE);
+    unsigned want = weft__stack_mode();
+    weft__stack *list = NULL;
+    for (unsigned i = count; i-- > 0;) {
+        weft__stack *s = new_desc();
+        if (!s) {
+            /* Unmap what has no descriptor; the rest is still usable. */
+            munmap(base, one * (i + 1));
+            break;
+        }
+        s->map = base + one * i;
+        s->map_bytes = one;
+        s->lo = (char *)s->map + GUARD_BYTES;
+        s->size = bytes;
+        guard(s, want);
+        valgrind_register(s);
+        s->next = list;
+        list = s;
+    }
+    return list;
+}
+
+static void release(weft__stack *s)
+{
+#if defined(WEFT_VALGRIND)
+    VALGRIND_DISCARD_TRANSLATIONS(s->lo, s->size);
+#endif
+    if (s->mode == WEFT__GUARD_MPROTECT)
+        atomic_fetch_sub_explicit(&mprotect_live, 1, memory_order_relaxed);
+    munmap(s->map, s->map_bytes);
+    s->map = NULL;
+    weft__lifo_push(&spare, &s->link);
+}
+
+int weft__stack_get(size_t bytes, weft__stack **out)
+{
+    size_t size = weft__stack_round(bytes);
+    size_t def = weft__stack_default_size();
+    weft__stack *s;
+    if (size == def) {
+        if ((s = cache) != NULL) {
+            cache = s->next;
+            cache_count--;
+            goto found;
+        }
+        while ((s = (weft__stack *)weft__lifo_pop(&pool)) != NULL) {
+            atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+            if (s->size == size)
+                goto found;
+            release(s); /* the default changed since it was pooled */
+        }
+        /* Map a batch: keep one, cache the rest on this thread. */
+        s = map_stacks(size, BATCH);
+        if (!s)
+            return ENOMEM;
+        pthread_setspecific(thread_key, &cache); /* so thread exit flushes */
+        for (weft__stack *rest = s->next; rest;) {
+            weft__stack *n = rest->next;
+            rest->next = cache;
+            cache = rest;
+            cache_count++;
+            rest = n;
+        }
+        goto found;
+    }
+    s = map_stacks(size, 1);
+    if (!s)
+        return ENOMEM;
+found:
+    s->next = NULL;
+    if (s->mode == WEFT__GUARD_CANARY)
+        *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+    *out = s;
+    return 0;
+}
+
+void weft__stack_put(weft__stack *s)
+{
+    if (!s)
+        return;
+    if (s->size == weft__stack_default_size()) {
+        if (cache_count < CACHE_MAX) {
+            pthread_setspecific(thread_key, &cache);
+            s->next = cache;
+            cache = s;
+            cache_count++;
+            return;
+        }
+        if (atomic_load_explicit(&pool_count, memory_order_relaxed) < POOL_MAX) {
+            atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+            weft__lifo_push(&pool, &s->link);
+            return;
+        }
+    }
+    release(s);
+}
+
+/* Thread exit: the cached stacks go to the shared pool (or are unmapped). */
+static void flush_cache(void *unused)
+{
+    (void)unused;
+    while (cache) {
+        weft__stack *s = cache;
+        cache = s->next;
+        cache_count--;
+        if (atomic_load_explicit(&pool_count, memory_order_relaxed) < POOL_MAX) {
+            atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+            weft__lifo_push(&pool, &s->link);
+        } else {
+            release(s);
+        }
+    }
+}
+
+/* --- Overflow reports ------------------------------------------------- */
+
+static const char *kind_name(unsigned kind)
+{
+    switch (kind) {
+    case WEFT__FIBER_COROUTINE: return "coroutine";
+    case WEFT__FIBER_GENERATOR: return "generator";
+    case WEFT__FIBER_CONTEXT: return "context";
+    default: return "thread";
+    }
+}
+
+static void put_str(char *buf, size_t *len, size_t cap, const char *s)
+{
+    while (*s && *len + 1 < cap)
+        buf[(*len)++] = *s++;
+}
+
+static void put_u64(char *buf, size_t *len, size_t cap, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n > 0 && *len + 1 < cap)
+        buf[(*len)++] = tmp[--n];
+}
+
+/* Async-signal-safe: no stdio, no allocation. */
+static void report(const char *kind, const char *name, size_t size, const char *how)
+{
+    char buf[512];
+    size_t len = 0;
+    put_str(buf, &len, sizeof buf, "weft: stack overflow in ");
+    put_str(buf, &len, sizeof buf, kind);
+    put_str(buf, &len, sizeof buf, name ? " '" : " ");
+    put_str(buf, &len, sizeof buf, name ? name : "(unnamed)");
+    put_str(buf, &len, sizeof buf, name ? "' (stack " : " (stack ");
+    put_u64(buf, &len, sizeof buf, size);
+    put_str(buf, &len, sizeof buf, " bytes)");
+    put_str(buf, &len, sizeof buf, how);
+    put_str(buf, &len, sizeof buf, "\n");
+    ssize_t unused_rc = write(STDERR_FILENO, buf, len);
+    (void)unused_rc;
+}
+
+void weft__stack_check(const weft__stack *s, const char *kind, const char *name)
+{
+    if (WEFT_UNLIKELY(*(const uint64_t *)s->lo != WEFT__STACK_CANARY)) {
+        report(kind, name, s->size, ", caught by its canary");
+        abort();
+    }
+}
+
+static struct sigaction previous[2]; /* SIGSEGV, SIGBUS */
+
+static void on_fault(int sig, siginfo_t *info, void *uctx)
+{
+    weft__fiber *f = weft__tls_fiber;
+    if (f && f->stack && f->stack->mode != WEFT__GUARD_CANARY) {
+        char *addr = info->si_addr;
+        char *guard_lo = f->stack->map, *guard_hi = f->stack->lo;
+        if (addr >= guard_lo && addr < guard_hi) {
+            report(kind_name(f->kind), f->name, f->stack->size, "");
+            /* Die by this signal: the default action on return re-faults,
+             * so a core dump shows the overflowing frame. */
+            signal(sig, SIG_DFL);
+            return;
+        }
+    }
+    struct sigaction *prev = &previous[sig == SIGBUS];
+    if (prev->sa_flags & SA_SIGINFO) {
+        prev->sa_sigaction(sig, info, uctx);
+    } else if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+        /* Not ours: restore the default and let the fault happen again. */
+        signal(sig, SIG_DFL);
+    } else {
+        prev->sa_handler(sig);
+    }
+}
+
+static void install_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &previous[0]);
+    sigaction(SIGBUS, &sa, &previous[1]);
+}
+
+static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
+static pthread_key_t altstack_key;
+static WEFT_TLS void *altstack_mine;
+static size_t altstack_bytes;
+
+static void free_altstack(void *p)
+{
+    stack_t ss = { .ss_flags = SS_DISABLE };
+    sigaltstack(&ss, NULL);
+    munmap(p, altstack_bytes);
+}
+
+static void handler_setup(void)
+{
+    altstack_bytes = (size_t)64 * 1024;
+    long min = sysconf(_SC_MINSIGSTKSZ);
+    if (min > 0 && (size_t)min * 4 > altstack_bytes)
+        altstack_bytes = (size_t)min * 4;
+    pthread_key_create(&altstack_key, free_altstack);
+    install_handlers();
+}
+
+void weft__overflow_init(void)
+{
+    pthread_once(&handler_once, handler_setup);
+    if (altstack_mine)
+        return;
+    stack_t old;
+    if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE)) {
+        altstack_mine = old.ss_sp; /* the thread has one (ASan's, or the program's) */
+        return;
+    }
+    size_t bytes = altstack_bytes;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    stack_t ss = { .ss_sp = p, .ss_size = bytes, .ss_flags = 0 };
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(p, bytes);
+        return;
+    }
+    altstack_mine = p;
+    pthread_setspecific(altstack_key, p);
+}

@@ -1,0 +1,53 @@
+/* Stacks for fibers: guarded, lazily committed, pooled. Design in stack.c
+ * and docs/stacks.md. */
+#ifndef WEFT_CTX_STACK_H
+#define WEFT_CTX_STACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../atomic.h"
+
+/* How a stack's overflow is caught. */
+enum weft__guard_mode {
+    WEFT__GUARD_INSTALL = 1, /* MADV_GUARD_INSTALL (Linux 6.13+): no extra mapping */
+    WEFT__GUARD_MPROTECT,    /* a PROT_NONE mapping below: 2 mappings a stack */
+    WEFT__GUARD_CANARY,      /* mapping budget spent: canary checked at switches */
+};
+
+typedef struct weft__stack {
+    weft__lifo_node link;        /* global pool; must stay first */
+    struct weft__stack *next;    /* per-thread cache */
+    void *map;                   /* whole mapping, guard included (NULL: none) */
+    size_t map_bytes;
+    void *lo;                    /* usable [lo, lo + size) */
+    size_t size;
+    unsigned mode;               /* enum weft__guard_mode */
+} weft__stack;
+
+#define WEFT__STACK_CANARY UINT64_C(0x7765667463616e61) /* "weftcana" */
+
+/* The default usable size (256 KiB, or WEFT_STACK_SIZE, or set by
+ * weft_start's config). */
+size_t weft__stack_default_size(void);
+void weft__stack_set_default(size_t bytes);
+/* Rounds a requested size up to whole pages; 0 means the default. */
+size_t weft__stack_round(size_t bytes);
+
+/* A stack of at least `bytes` usable (0: the default). 0, or ENOMEM. */
+int weft__stack_get(size_t bytes, weft__stack **out);
+/* Back to the pool, or unmapped. */
+void weft__stack_put(weft__stack *s);
+
+/* Aborts with the overflow report when a canary stack's canary is gone. */
+void weft__stack_check(const weft__stack *s, const char *kind, const char *name);
+
+/* Installs the SIGSEGV/SIGBUS handlers (once per process) and an alternate
+ * signal stack for the calling thread (once per thread, unless it has one). */
+void weft__overflow_init(void);
+
+/* The guard mode new stacks get; tests force one with weft__stack_force_mode. */
+unsigned weft__stack_mode(void);
+void weft__stack_force_mode(unsigned mode);
+
+#endif

@@ -1,0 +1,230 @@
+/* Coroutines: spawn, join, detach, and the end of a coroutine's life.
+ *
+ * A spawned coroutine is only a descriptor (no stack) until a worker first
+ * runs it (worker.c gives it a pooled stack then), so a million spawned and
+ * not yet started coroutines cost a million descriptors. Descriptors are
+ * recycled through a per-worker free list (256) in front of jemalloc.
+ *
+ * The handle. `join` is one atomic word: NULL while attached, a waiter
+ * once a joiner waits, DETACHED, or DONE once the coroutine has finished
+ * and nobody waited yet. The finishing worker exchanges DONE in; what it
+ * gets back says who frees the descriptor (a detached coroutine frees
+ * itself; a waiting joiner is woken and frees it). A joiner publishes its
+ * waiter by CAS NULL -> waiter only after it has switched out (park's
+ * callback), so the finisher never readies a coroutine still on its stack.
+ *
+ * Inline join (fork-join's fast path, allowed by API.md): joining a child
+ * that has not started and is still the newest item of the joiner's own
+ * deque takes it back (weft__deque_retract) and calls its function right
+ * there, on the joiner's stack: no stack, no switch, no queue traffic. That
+ * makes fib's spawn-compute-join nearly a function call when nothing was
+ * stolen. It is done only when the joiner's stack has at least half the
+ * child's stack size left, so a child never gets much less stack than it
+ * asked for; otherwise the join waits as usual. */
+#include <errno.h>
+#include <string.h>
+
+#include "../alloc.h"
+#include "../ctx/stack.h"
+#include "sched.h"
+
+#define FREE_MAX 256
+
+void weft__live_dec(void); /* worker.c */
+
+static weft_co *co_alloc(weft__worker *w)
+{
+    if (w && w->free_cos) {
+        weft_co *co = w->free_cos;
+        w->free_cos = co->next;
+        w->free_count--;
+        return co;
+    }
+    return weft__alloc(sizeof(weft_co));
+}
+
+void weft__co_free(weft__worker *w, weft_co *co)
+{
+    if (co->name) {
+        weft__free(co->name, strlen(co->name) + 1);
+        co->name = NULL;
+    }
+    /* A stale handle then reads DEAD (EINVAL) until the descriptor is reused. */
+    atomic_store_explicit(&co->join, WEFT__JOIN_DEAD, memory_order_relaxed);
+    if (w && w->free_count < FREE_MAX) {
+        co->next = w->free_cos;
+        w->free_cos = co;
+        w->free_count++;
+        return;
+    }
+    weft__free(co, sizeof *co);
+}
+
+void weft__co_cache_drain(weft__worker *w)
+{
+    while (w->free_cos) {
+        weft_co *co = w->free_cos;
+        w->free_cos = co->next;
+        weft__free(co, sizeof *co);
+    }
+    w->free_count = 0;
+}
+
+void weft__co_entry(void *value, void *arg)
+{
+    (void)value;
+    weft__fiber_started();
+    weft_co *co = arg;
+    co->result = co->fn(co->arg);
+    co->why = WEFT__WHY_DONE;
+    weft__fiber_exit(&co->fiber, &weft__worker_self()->fiber, NULL);
+}
+
+/* On the scheduler's stack, after the coroutine's last switch. */
+void weft__co_finished(weft__worker *w, weft_co *co)
+{
+    weft__fiber_destroy(&co->fiber);
+    weft__stack_put(co->fiber.stack);
+    co->fiber.stack = NULL;
+    weft__count(&w->stats.finished);
+    /* Acq_rel: releases the result to the joiner; acquires a waiter's
+     * initialisation before we wake it. */
+    weft__waiter *old = atomic_exchange_explicit(&co->join, WEFT__JOIN_DONE, memory_order_acq_rel);
+    if (old == WEFT__JOIN_DETACHED) {
+        weft__co_free(w, co);
+    } else if (old != NULL) {
+        if (weft__waiter_claim(old))
+            weft__waiter_wake(old, true);
+    }
+    weft__live_dec();
+}
+
+int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *arg)
+{
+    if (!fn)
+        return EINVAL;
+    weft__worker *w = weft__worker_self();
+    int state = atomic_load_explicit(&weft__rt.state, memory_order_acquire);
+    /* Coroutines may spawn while the runtime is stopping (they are waited
+     * for); plain threads only while it runs. */
+    if (!(state == 1 || (state == 2 && w)))
+        return EPERM;
+    weft_co *co = co_alloc(w);
+    if (!co)
+        return ENOMEM;
+    memset(co, 0, sizeof *co);
+    if (attr && attr->name) {
+        size_t len = strlen(attr->name) + 1;
+        co->name = weft__alloc(len);
+        if (!co->name) {
+            weft__co_free(w, co);
+            return ENOMEM;
+        }
+        memcpy(co->name, attr->name, len);
+    }
+    co->fn = fn;
+    co->arg = arg;
+    co->stack_size = attr ? attr->stack_size : 0;
+    atomic_init(&co->join, out ? NULL : WEFT__JOIN_DETACHED);
+    if (out)
+        *out = co;
+    /* Relaxed: only the count matters; weft__live_dec orders the end. */
+    atomic_fetch_add_explicit(&weft__rt.live, 1, memory_order_relaxed);
+    return weft__submit(co);
+}
+
+static bool can_inline(weft_co *child)
+{
+    weft__fiber *f = weft__fiber_current();
+    if (!f->stack)
+        return false;
+    char here;
+    size_t left = (size_t)(&here - (char *)f->lo);
+    size_t need = weft__stack_round(child->stack_size);
+    return left >= need / 2;
+}
+
+/* Runs a retracted child to completion on the joiner's stack. */
+static void run_inline(weft__worker *w, weft_co *self, weft_co *child)
+{
+    w->current = child;
+    child->result = child->fn(child->arg);
+    /* The child may have parked and moved us to another worker. */
+    w = weft__worker_self();
+    w->current = self;
+    weft__count(&w->stats.finished);
+    weft__live_dec();
+}
+
+struct join_args {
+    weft_co *co;
+    weft__waiter *waiter;
+};
+
+static bool after_join(void *arg)
+{
+    struct join_args *j = arg;
+    weft__waiter *expected = NULL;
+    /* Acq_rel: publishes the waiter; on failure (DONE) acquires the result. */
+    return atomic_compare_exchange_strong_explicit(&j->co->join, &expected, j->waiter,
+                                                   memory_order_acq_rel, memory_order_acquire);
+}
+
+int weft_join(weft_co *co, void **result)
+{
+    if (!co)
+        return EINVAL;
+    int state = atomic_load_explicit(&weft__rt.state, memory_order_acquire);
+    if (state != 1 && state != 2)
+        return EPERM;
+    weft__worker *w = weft__worker_self();
+    weft_co *self = w ? w->current : NULL;
+    if (co == self)
+        return EDEADLK;
+    weft__waiter *j = atomic_load_explicit(&co->join, memory_order_acquire);
+    if (j != NULL && j != WEFT__JOIN_DONE)
+        return EINVAL; /* detached, already joined, or another joiner */
+    if (j == NULL && self && can_inline(co) && weft__deque_retract(&w->deque, co)) {
+        run_inline(w, self, co);
+        w = weft__worker_self();
+    } else if (j == NULL) {
+        weft__waiter waiter;
+        weft__waiter_init(&waiter, WEFT_FOREVER);
+        if (self) {
+            struct join_args args = { co, &waiter };
+            w = weft__park(after_join, &args);
+        } else {
+            weft__waiter *expected = NULL;
+            if (atomic_compare_exchange_strong_explicit(&co->join, &expected, &waiter,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire))
+                weft__waiter_wait(&waiter, NULL);
+            else if (expected != WEFT__JOIN_DONE)
+                return EINVAL; /* raced with a detach or another join */
+        }
+    }
+    /* Acquire: the result written before the coroutine finished. */
+    atomic_thread_fence(memory_order_acquire);
+    if (result)
+        *result = co->result;
+    weft__co_free(w, co);
+    return 0;
+}
+
+int weft_detach(weft_co *co)
+{
+    if (!co)
+        return EINVAL;
+    int state = atomic_load_explicit(&weft__rt.state, memory_order_acquire);
+    if (state != 1 && state != 2)
+        return EPERM;
+    weft__waiter *expected = NULL;
+    if (atomic_compare_exchange_strong_explicit(&co->join, &expected, WEFT__JOIN_DETACHED,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return 0;
+    if (expected == WEFT__JOIN_DONE) {
+        weft__co_free(weft__worker_self(), co); /* finished: nobody else will free it */
+        return 0;
+    }
+    return EINVAL;
+}

@@ -1,0 +1,204 @@
+/* The scheduler's internal interface: workers, coroutine descriptors, and
+ * the park/wake protocol every waiting call is built on. The design, and a
+ * coroutine's path through these files, is in docs/scheduler.md. */
+#ifndef WEFT_SCHED_SCHED_H
+#define WEFT_SCHED_SCHED_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../atomic.h"
+#include "../ctx/ctx.h"
+#include "deque.h"
+#include "lock.h"
+#include "weft.h"
+
+struct weft__worker;
+struct weft__waiter;
+
+/* Why a coroutine switched back to its worker's scheduler. */
+enum weft__why { WEFT__WHY_YIELD = 1, WEFT__WHY_PARK, WEFT__WHY_DONE };
+
+/* The handle word of a coroutine (weft_co.join): NULL while attached and
+ * running, a weft__waiter pointer once a joiner waits, or one of these. */
+#define WEFT__JOIN_DETACHED ((struct weft__waiter *)(uintptr_t)1)
+#define WEFT__JOIN_DONE ((struct weft__waiter *)(uintptr_t)2)
+#define WEFT__JOIN_DEAD ((struct weft__waiter *)(uintptr_t)3) /* joined; handle freed */
+
+/* A coroutine descriptor. Ownership: while queued, the queue holds it;
+ * while running, its worker; while parked, whoever will wake it (a waiter
+ * registered with a channel, a timer, a joiner). Fields without a note are
+ * written by the thread running or scheduling the coroutine, with the queue
+ * hand-offs (release/acquire) ordering them. */
+struct weft_co {
+    weft__fiber fiber;        /* its own stack (stack NULL until first run) */
+    weft__fiber *resume;      /* where it continues: its fiber, or a
+                                 generator's fiber it parked inside; NULL
+                                 before the first run */
+    void *(*fn)(void *);
+    void *arg;
+    void *result;
+    struct weft_co *next;     /* free lists and the injection queue */
+    size_t stack_size;        /* requested; 0: the default */
+    char *name;               /* owned copy, or NULL */
+    /* Handle state (see WEFT__JOIN_*). Exchanged by the finishing side,
+     * CASed by join and detach: acq_rel, so the result written before the
+     * finish is visible to the joiner. */
+    _Atomic(struct weft__waiter *) join;
+    unsigned why;             /* enum weft__why, set before switching back */
+    bool (*after)(void *arg); /* park: run on the scheduler's stack */
+    void *after_arg;
+    struct weft__worker *last_worker; /* the worker it last ran on */
+};
+
+/* Per-worker statistics, written by the owning worker only (relaxed
+ * stores of load+1: nothing orders on them), summed by weft_stats_get. */
+typedef struct weft__counters {
+    _Atomic uint64_t spawned, finished, switches, steals, steal_attempts, parks,
+        wakeups, handoffs;
+} weft__counters;
+
+typedef struct weft__worker {
+    weft__deque deque;               /* its run queue (deque.c) */
+    weft__fiber fiber;               /* the scheduler's own stack */
+    weft_co *current;                /* running coroutine (owner only) */
+    weft_co *runnext;                /* woken coroutine to run next (owner only) */
+    unsigned runnext_streak;         /* consecutive runnext runs (starvation bound) */
+    unsigned index;
+    uint64_t tick;                   /* scheduling rounds */
+    uint64_t rng;                    /* victim randomisation (xorshift) */
+    unsigned *victims;               /* other workers, nearest first */
+    unsigned *victim_level;          /* their distance class, for shuffling */
+    pthread_t thread;
+    /* Sleeping: 0 asleep or about to; 1 woken. Futex word. */
+    _Atomic uint32_t wake_word;
+    bool spinning;
+    /* Timers (timer.c): a binary min-heap of waiters by deadline, guarded
+     * by timer_lock (the owner inserts and fires; others only remove). */
+    weft__lock timer_lock;
+    struct weft__waiter **timers;
+    size_t timers_len, timers_cap;
+    _Atomic int64_t timer_next;      /* earliest deadline, INT64_MAX if none */
+    /* Recycled descriptors (owner only). */
+    weft_co *free_cos;
+    unsigned free_count;
+    weft__counters stats;
+} weft__worker;
+
+/* A wait in progress: lives on the waiting coroutine's (or thread's)
+ * stack until the wait returns. Claimed exactly once, by CAS on state:
+ * by the waker, by the timer at its deadline, or by the waiter itself (a
+ * plain thread's timeout). The claimer sets result, then readies it. */
+typedef struct weft__waiter {
+    _Atomic uint32_t state;          /* WEFT__WAIT_* */
+    int result;                      /* 0, ETIMEDOUT, EPIPE, ... by the claimer */
+    weft_co *co;                     /* the coroutine, or NULL: a plain thread */
+    int64_t deadline;                /* WEFT_FOREVER: none */
+    /* Timer bookkeeping (timer.c), under the owner's timer_lock. */
+    struct weft__worker *timer_owner;
+    intptr_t timer_index;            /* -1: not in a heap */
+    /* For the waiting structure's own use (channels, sync objects). */
+    void *data;
+    size_t sel;                      /* select: the case that completed */
+} weft__waiter;
+
+enum {
+    WEFT__WAIT_WAITING = 0, /* claimable */
+    WEFT__WAIT_CLAIMED,     /* claimed; a plain thread waits for WOKEN */
+    WEFT__WAIT_WOKEN,       /* the claimer is done with the waiter */
+};
+
+/* --- runtime state (worker.c) ----------------------------------------- */
+typedef struct weft__runtime {
+    _Atomic int state;               /* 0 stopped, 1 running, 2 stopping */
+    unsigned nworkers;
+    weft__worker **workers;
+    _Atomic long live;               /* coroutines spawned and not finished */
+    _Atomic uint64_t spawned_outside;/* spawns from plain threads */
+    /* Injection queue: spawns and wake-ups from plain threads. */
+    weft__lock inject_lock;
+    weft_co *inject_head, *inject_tail;
+    _Atomic long inject_len;
+    /* Idle workers. */
+    weft__lock idle_lock;
+    unsigned *idle;                  /* stack of sleeping worker indexes */
+    unsigned idle_len;
+    _Atomic unsigned sleeping, spinning;
+    /* weft_stop waits here for live == 0. */
+    _Atomic uint32_t quiescent;      /* futex word: becomes 1 when live hits 0 while stopping */
+} weft__runtime;
+
+extern weft__runtime weft__rt;
+
+/* The calling thread's worker, NULL on a plain thread. Not inlined: see
+ * weft__fiber_current. */
+WEFT_NOINLINE weft__worker *weft__worker_self(void);
+
+/* --- coroutines (co.c) -------------------------------------------------- */
+void weft__co_free(weft__worker *w, weft_co *co);
+void weft__co_finished(weft__worker *w, weft_co *co);
+void weft__co_cache_drain(weft__worker *w);
+void weft__co_entry(void *value, void *arg);
+
+/* --- scheduling (worker.c) ---------------------------------------------- */
+/* Makes a parked coroutine runnable. On a worker: it runs next there
+ * (handoff) when `next` is true, else at the back of the worker's queue;
+ * on a plain thread: through the injection queue. Wakes an idle worker
+ * when the work can be stolen. */
+void weft__ready(weft_co *co, bool next);
+/* Queues a new coroutine: on the calling worker's queue, or injected. */
+int weft__submit(weft_co *co);
+/* Wakes a sleeping worker if there is one and nobody is spinning. */
+void weft__notify(void);
+
+/* Parks the calling coroutine: switches to the scheduler, which then calls
+ * after(arg) on its own stack. If after returns false the coroutine
+ * resumes at once; otherwise it stays parked until weft__ready. Returns the
+ * worker the coroutine resumed on. */
+weft__worker *weft__park(bool (*after)(void *arg), void *arg);
+
+/* --- waiting (park.c) --------------------------------------------------- */
+/* Prepares a waiter for the calling coroutine or thread. */
+void weft__waiter_init(weft__waiter *w, int64_t deadline);
+/* CAS WAITING -> CLAIMED; true if the caller won the waiter. */
+bool weft__waiter_claim(weft__waiter *w);
+/* After a successful claim and setting w->result: wakes the waiter. For a
+ * coroutine, `next` asks to run it next on the waker's worker. */
+void weft__waiter_wake(weft__waiter *w, bool next);
+/* Waits until claimed or until the deadline. The caller has published w
+ * (so it can be claimed) under `lock`, which it holds; the lock is
+ * released once the caller can no longer miss a wake-up (for a coroutine:
+ * after it has switched out). Returns w->result, ETIMEDOUT if the deadline
+ * claimed it. On return the lock is not held, and if the result is
+ * ETIMEDOUT the caller must unpublish w (under the lock). */
+int weft__waiter_wait(weft__waiter *w, weft__lock *lock);
+/* true when deadline is WEFT_FOREVER or later than now. */
+bool weft__deadline_pending(int64_t deadline);
+
+/* --- timers (timer.c) --------------------------------------------------- */
+/* Adds w to worker wk's heap (owner only). 0 or ENOMEM. */
+int weft__timer_add(weft__worker *wk, weft__waiter *w);
+/* Removes w from whichever heap holds it, if any (any thread). */
+void weft__timer_cancel(weft__waiter *w);
+/* Fires the due timers of wk (owner only). Returns the earliest remaining
+ * deadline, INT64_MAX if none. */
+int64_t weft__timer_run(weft__worker *wk, int64_t now);
+void weft__timer_destroy(weft__worker *wk);
+
+/* --- topology (topology.c) --------------------------------------------- */
+/* The default worker count: cores this process may run on. */
+unsigned weft__topology_cores(void);
+/* Fills victims[0..n-2] with the other workers, nearest first, and
+ * level[] with their distance class (equal classes may be shuffled). */
+void weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level);
+/* Binds the calling thread to the core of worker `index`. */
+void weft__topology_pin(unsigned index);
+
+static inline void weft__count(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+#endif

@@ -1,0 +1,684 @@
+/* Workers: the scheduling loop, stealing, idling, and the runtime's life.
+ *
+ * Each worker is an OS thread running `worker_main` on its own stack (its
+ * "scheduler fiber"). It picks a coroutine, switches into it, and when the
+ * coroutine switches back it looks at why (yield, park, done) and acts on
+ * the scheduler's stack. Picking order, each round:
+ *  1. every 61st round, the injection queue first (Go's number: spawns from
+ *     plain threads cannot starve behind a busy local queue);
+ *  2. the handoff slot `runnext` (a coroutine woken by this worker runs
+ *     next, for locality), at most 16 times in a row, then the queue gets
+ *     its turn: a ping-pong pair cannot starve the others;
+ *  3. the oldest coroutine in the local deque (FIFO);
+ *  4. due timers; the injection queue;
+ *  5. stealing: half of a victim's deque (one CAS an item, up to 32),
+ *     nearest victims first (topology.c);
+ *  6. sleeping on a futex until woken or until the earliest timer.
+ *
+ * Idling without lost wake-ups or a thundering herd (the scheme of Go's
+ * proc.go, "Worker thread parking/unparking"): a worker out of work
+ * becomes "spinning" (at most half the workers at once) and tries to
+ * steal for a while; then it publishes itself as sleeping, issues a
+ * seq_cst fence, and re-checks every queue before it sleeps. Whoever
+ * queues work that others could take issues the mirror fence and wakes
+ * one sleeper, only when nobody is spinning (the spinner would find the
+ * work) and marking the woken worker spinning at once, so a burst of
+ * spawns wakes workers one at a time. A spinner that finds work wakes the
+ * next one if it was the last spinner, so the wave continues while work
+ * remains. Either the sleeper sees the new work, or the waker sees the
+ * sleeper: the two fences make it impossible for both to miss. */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+
+#include "../alloc.h"
+#include "../ctx/stack.h"
+#include "sched.h"
+
+#define SPIN_ROUNDS 64
+#define RUNNEXT_MAX 16
+#define STEAL_MAX 32
+
+weft__runtime weft__rt;
+
+static WEFT_TLS weft__worker *tls_worker;
+extern WEFT_TLS int weft__tls_on_worker; /* ctx.c */
+static _Atomic int shutdown_flag;
+static _Atomic uint64_t wakeups_outside;
+static int pin_mode;
+
+weft__worker *weft__worker_self(void)
+{
+    return tls_worker;
+}
+
+/* --- injection queue ----------------------------------------------------- */
+
+static void inject_push(weft_co *co)
+{
+    co->next = NULL;
+    weft__lock_acquire(&weft__rt.inject_lock);
+    if (weft__rt.inject_tail)
+        weft__rt.inject_tail->next = co;
+    else
+        weft__rt.inject_head = co;
+    weft__rt.inject_tail = co;
+    /* Relaxed: a hint read without the lock; the idle protocol's fences
+     * order it against sleepers. */
+    atomic_store_explicit(&weft__rt.inject_len,
+                          atomic_load_explicit(&weft__rt.inject_len, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    weft__lock_release(&weft__rt.inject_lock);
+}
+
+static void local_push(weft__worker *w, weft_co *co);
+
+/* Takes a fair share of the injection queue: one to run, the rest queued. */
+static weft_co *inject_take(weft__worker *w)
+{
+    if (atomic_load_explicit(&weft__rt.inject_len, memory_order_relaxed) == 0)
+        return NULL;
+    weft__lock_acquire(&weft__rt.inject_lock);
+    long len = atomic_load_explicit(&weft__rt.inject_len, memory_order_relaxed);
+    long take = len / (long)weft__rt.nworkers + 1;
+    if (take > len)
+        take = len;
+    if (take > STEAL_MAX)
+        take = STEAL_MAX;
+    weft_co *first = NULL, *rest = NULL, *rest_tail = NULL;
+    for (long i = 0; i < take; i++) {
+        weft_co *co = weft__rt.inject_head;
+        weft__rt.inject_head = co->next;
+        co->next = NULL;
+        if (!first)
+            first = co;
+        else {
+            if (rest_tail)
+                rest_tail->next = co;
+            else
+                rest = co;
+            rest_tail = co;
+        }
+    }
+    if (!weft__rt.inject_head)
+        weft__rt.inject_tail = NULL;
+    atomic_store_explicit(&weft__rt.inject_len, len - take, memory_order_relaxed);
+    weft__lock_release(&weft__rt.inject_lock);
+    while (rest) {
+        weft_co *n = rest->next;
+        local_push(w, rest);
+        rest = n;
+    }
+    return first;
+}
+
+/* --- idling ---------------------------------------------------------------- */
+
+static bool work_visible(void)
+{
+    if (atomic_load_explicit(&weft__rt.inject_len, memory_order_relaxed) > 0)
+        return true;
+    for (unsigned i = 0; i < weft__rt.nworkers; i++)
+        if (weft__deque_size(&weft__rt.workers[i]->deque) > 0)
+            return true;
+    return false;
+}
+
+static void wake_worker(weft__worker *w)
+{
+    /* Release: pairs with the sleeper's acquire load of wake_word. */
+    atomic_store_explicit(&w->wake_word, 1, memory_order_release);
+    weft__futex_wake(&w->wake_word, 1);
+}
+
+void weft__notify(void)
+{
+    /* Seq_cst fence: the work just queued is ordered before the reads of
+     * the sleeping/spinning counts; pairs with the fence in sleep_worker
+     * (Dekker: either it sees our work or we see it sleeping). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed) != 0 ||
+        atomic_load_explicit(&weft__rt.sleeping, memory_order_relaxed) == 0)
+        return;
+    /* Become the one who wakes: spinning 0 -> 1 on the woken's behalf. */
+    unsigned zero = 0;
+    if (!atomic_compare_exchange_strong_explicit(&weft__rt.spinning, &zero, 1,
+                                                 memory_order_seq_cst, memory_order_relaxed))
+        return;
+    weft__lock_acquire(&weft__rt.idle_lock);
+    if (weft__rt.idle_len == 0) {
+        weft__lock_release(&weft__rt.idle_lock);
+        atomic_fetch_sub_explicit(&weft__rt.spinning, 1, memory_order_seq_cst);
+        return;
+    }
+    weft__worker *w = weft__rt.workers[weft__rt.idle[--weft__rt.idle_len]];
+    atomic_fetch_sub_explicit(&weft__rt.sleeping, 1, memory_order_seq_cst);
+    weft__lock_release(&weft__rt.idle_lock);
+    wake_worker(w);
+}
+
+/* Removes w from the idle stack; false if a waker already took it out. */
+static bool idle_remove(weft__worker *w)
+{
+    bool found = false;
+    weft__lock_acquire(&weft__rt.idle_lock);
+    for (unsigned i = 0; i < weft__rt.idle_len; i++) {
+        if (weft__rt.idle[i] == w->index) {
+            weft__rt.idle[i] = weft__rt.idle[--weft__rt.idle_len];
+            found = true;
+            break;
+        }
+    }
+    if (found)
+        atomic_fetch_sub_explicit(&weft__rt.sleeping, 1, memory_order_seq_cst);
+    weft__lock_release(&weft__rt.idle_lock);
+    return found;
+}
+
+static void stop_spinning(weft__worker *w, bool found_work)
+{
+    if (!w->spinning)
+        return;
+    w->spinning = false;
+    unsigned before = atomic_fetch_sub_explicit(&weft__rt.spinning, 1, memory_order_seq_cst);
+    /* The last spinner found work: there may be more, so wake the next. */
+    if (found_work && before == 1)
+        weft__notify();
+}
+
+static void sleep_worker(weft__worker *w)
+{
+    stop_spinning(w, false);
+    atomic_store_explicit(&w->wake_word, 0, memory_order_relaxed);
+    weft__lock_acquire(&weft__rt.idle_lock);
+    weft__rt.idle[weft__rt.idle_len++] = w->index;
+    atomic_fetch_add_explicit(&weft__rt.sleeping, 1, memory_order_seq_cst);
+    weft__lock_release(&weft__rt.idle_lock);
+    /* Seq_cst fence: our "sleeping" before the re-check of the queues;
+     * pairs with the fence in weft__notify. */
+    atomic_thread_fence(memory_order_seq_cst);
+    bool woken = false;
+    if (!work_visible() && !atomic_load(&shutdown_flag)) {
+        int64_t next = atomic_load_explicit(&w->timer_next, memory_order_relaxed);
+        int64_t deadline = next == INT64_MAX ? WEFT_FOREVER : next;
+        /* Acquire: pairs with wake_worker's release. */
+        while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0) {
+            if (weft__futex_wait(&w->wake_word, 0, deadline) == ETIMEDOUT)
+                break;
+        }
+    }
+    if (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 1)
+        woken = true;
+    else if (!idle_remove(w)) {
+        /* A waker took us off the idle stack meanwhile: it counts us as
+         * spinning and its wake is on the way. */
+        while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0)
+            weft_cpu_relax();
+        woken = true;
+    }
+    if (woken)
+        w->spinning = true; /* the waker counted us in `spinning` */
+}
+
+/* --- picking work ------------------------------------------------------------ */
+
+static void local_push(weft__worker *w, weft_co *co)
+{
+    if (WEFT_UNLIKELY(weft__deque_push(&w->deque, co) != 0))
+        inject_push(co); /* no memory to grow the deque */
+}
+
+static uint64_t next_random(weft__worker *w)
+{
+    uint64_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return w->rng = x;
+}
+
+/* Steals up to half of one victim's queue into ours; returns one to run. */
+static weft_co *steal_from(weft__worker *w, weft__worker *victim)
+{
+    weft__count(&w->stats.steal_attempts);
+    int64_t n = weft__deque_size(&victim->deque);
+    if (n <= 0)
+        return NULL;
+    int64_t want = (n + 1) / 2;
+    if (want > STEAL_MAX)
+        want = STEAL_MAX;
+    weft_co *first = weft__deque_steal(&victim->deque);
+    if (!first)
+        return NULL;
+    weft__count(&w->stats.steals);
+    for (int64_t i = 1; i < want; i++) {
+        weft_co *co = weft__deque_steal(&victim->deque);
+        if (!co)
+            break;
+        weft__count(&w->stats.steals);
+        local_push(w, co);
+    }
+    return first;
+}
+
+static weft_co *steal_round(weft__worker *w)
+{
+    unsigned n = weft__rt.nworkers - 1;
+    unsigned i = 0;
+    while (i < n) {
+        /* Victims of one distance class [i, j), visited from a random
+         * starting point. */
+        unsigned j = i + 1;
+        while (j < n && w->victim_level[j] == w->victim_level[i])
+            j++;
+        unsigned span = j - i, start = (unsigned)(next_random(w) % span);
+        for (unsigned k = 0; k < span; k++) {
+            weft__worker *victim = weft__rt.workers[w->victims[i + (start + k) % span]];
+            weft_co *co = steal_from(w, victim);
+            if (co)
+                return co;
+        }
+        i = j;
+    }
+    return NULL;
+}
+
+static weft_co *local_next(weft__worker *w)
+{
+    w->tick++;
+    if (WEFT_UNLIKELY(w->tick % 61 == 0)) {
+        weft_co *co = inject_take(w);
+        if (co)
+            return co;
+    }
+    weft_co *co;
+    if (w->runnext && w->runnext_streak < RUNNEXT_MAX) {
+        co = w->runnext;
+        w->runnext = NULL;
+        w->runnext_streak++;
+        weft__count(&w->stats.handoffs);
+        return co;
+    }
+    w->runnext_streak = 0;
+    co = weft__deque_take(&w->deque);
+    if (co)
+        return co;
+    if ((co = w->runnext) != NULL) {
+        w->runnext = NULL;
+        weft__count(&w->stats.handoffs);
+    }
+    return co;
+}
+
+static void run_timers(weft__worker *w, bool force)
+{
+    int64_t next = atomic_load_explicit(&w->timer_next, memory_order_relaxed);
+    if (next == INT64_MAX || (!force && (w->tick & 7) != 0))
+        return;
+    int64_t now = weft_now();
+    if (next <= now)
+        weft__timer_run(w, now);
+}
+
+static weft_co *find_work(weft__worker *w)
+{
+    for (;;) {
+        run_timers(w, false);
+        weft_co *co = local_next(w);
+        if (co)
+            return co;
+        run_timers(w, true);
+        if ((co = local_next(w)) != NULL || (co = inject_take(w)) != NULL)
+            return co;
+        if (weft__rt.nworkers > 1) {
+            if (!w->spinning) {
+                unsigned spinning = atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed);
+                if (2 * spinning < weft__rt.nworkers) {
+                    w->spinning = true;
+                    atomic_fetch_add_explicit(&weft__rt.spinning, 1, memory_order_seq_cst);
+                }
+            }
+            if (w->spinning) {
+                for (int round = 0; round < SPIN_ROUNDS; round++) {
+                    if ((co = steal_round(w)) != NULL || (co = inject_take(w)) != NULL) {
+                        stop_spinning(w, true);
+                        return co;
+                    }
+                    if (atomic_load_explicit(&w->timer_next, memory_order_relaxed) <= weft_now())
+                        break;
+                    weft_cpu_relax();
+                }
+            }
+        }
+        if (atomic_load(&shutdown_flag) && !work_visible() && !w->runnext) {
+            stop_spinning(w, false);
+            return NULL;
+        }
+        if (atomic_load_explicit(&w->timer_next, memory_order_relaxed) <= weft_now())
+            continue;
+        sleep_worker(w);
+    }
+}
+
+/* --- running ------------------------------------------------------------------ */
+
+static void run(weft__worker *w, weft_co *co)
+{
+    if (!co->resume) {
+        weft__stack *s;
+        if (WEFT_UNLIKELY(weft__stack_get(co->stack_size, &s) != 0)) {
+            fprintf(stderr, "weft: out of memory for a coroutine stack\n");
+            abort();
+        }
+        weft__fiber_init(&co->fiber, s, WEFT__FIBER_COROUTINE, co->name, weft__co_entry, co);
+        co->resume = &co->fiber;
+    }
+    for (;;) {
+        w->current = co;
+        co->last_worker = w;
+        weft__count(&w->stats.switches);
+        weft__fiber_switch(&w->fiber, co->resume, w);
+        /* The coroutine that switched back: not `co` when co ran a child
+         * inline (co.c) and the child parked or yielded. */
+        co = w->current;
+        w->current = NULL;
+        switch (co->why) {
+        case WEFT__WHY_YIELD:
+            local_push(w, co);
+            if (weft__rt.nworkers > 1)
+                weft__notify();
+            return;
+        case WEFT__WHY_PARK:
+            if (co->after(co->after_arg)) {
+                weft__count(&w->stats.parks);
+                return;
+            }
+            continue; /* the wait completed meanwhile: resume at once */
+        default:
+            weft__co_finished(w, co);
+            return;
+        }
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    weft__worker *w = arg;
+    tls_worker = w;
+    weft__tls_on_worker = 1;
+    /* Timer slack (50 us by default) would add to every timer's lateness. */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    if (pin_mode == WEFT_PIN_ON ||
+        (pin_mode == WEFT_PIN_AUTO && weft__rt.nworkers <= weft__topology_cores()))
+        weft__topology_pin(w->index);
+    weft__overflow_init();
+    w->fiber = *weft__fiber_thread();
+    weft_co *co;
+    while ((co = find_work(w)) != NULL)
+        run(w, co);
+    weft__co_cache_drain(w);
+    tls_worker = NULL;
+    weft__tls_on_worker = 0;
+    return NULL;
+}
+
+/* --- scheduling entry points ---------------------------------------------------- */
+
+void weft__ready(weft_co *co, bool next)
+{
+    weft__worker *w = weft__worker_self();
+    if (!w) {
+        atomic_fetch_add_explicit(&wakeups_outside, 1, memory_order_relaxed);
+        inject_push(co);
+        weft__notify();
+        return;
+    }
+    weft__count(&w->stats.wakeups);
+    if (next) {
+        weft_co *old = w->runnext;
+        w->runnext = co;
+        if (!old)
+            return;
+        co = old; /* the previous occupant goes to the back of the queue */
+    }
+    local_push(w, co);
+    if (weft__rt.nworkers > 1)
+        weft__notify();
+}
+
+int weft__submit(weft_co *co)
+{
+    weft__worker *w = weft__worker_self();
+    if (!w) {
+        atomic_fetch_add_explicit(&weft__rt.spawned_outside, 1, memory_order_relaxed);
+        inject_push(co);
+        weft__notify();
+        return 0;
+    }
+    weft__count(&w->stats.spawned);
+    local_push(w, co);
+    if (weft__rt.nworkers > 1)
+        weft__notify();
+    return 0;
+}
+
+weft__worker *weft__park(bool (*after)(void *arg), void *arg)
+{
+    weft__worker *w = weft__worker_self();
+    weft_co *co = w->current;
+    co->after = after;
+    co->after_arg = arg;
+    co->why = WEFT__WHY_PARK;
+    weft__fiber *cur = weft__fiber_current();
+    co->resume = cur;
+    return weft__fiber_switch(cur, &w->fiber, NULL);
+}
+
+void weft_yield(void)
+{
+    weft__worker *w = weft__worker_self();
+    if (!w || !w->current) {
+        sched_yield();
+        return;
+    }
+    weft_co *co = w->current;
+    co->why = WEFT__WHY_YIELD;
+    weft__fiber *cur = weft__fiber_current();
+    co->resume = cur;
+    weft__fiber_switch(cur, &w->fiber, NULL);
+}
+
+weft_co *weft_self(void)
+{
+    weft__worker *w = weft__worker_self();
+    return w ? w->current : NULL;
+}
+
+int weft_worker(void)
+{
+    weft__worker *w = weft__worker_self();
+    return w ? (int)w->index : -1;
+}
+
+unsigned weft_workers(void)
+{
+    return atomic_load(&weft__rt.state) ? weft__rt.nworkers : 0;
+}
+
+/* --- the runtime's life ---------------------------------------------------------- */
+
+static unsigned env_workers(void)
+{
+    const char *s = getenv("WEFT_WORKERS");
+    if (!s || !*s)
+        return 0;
+    long v = strtol(s, NULL, 10);
+    return v > 0 && v < 65536 ? (unsigned)v : 0;
+}
+
+static void free_workers(unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        weft__worker *w = weft__rt.workers[i];
+        if (!w)
+            continue;
+        weft__deque_destroy(&w->deque);
+        weft__timer_destroy(w);
+        free(w->victims);
+        free(w->victim_level);
+        weft__free_aligned(w, sizeof *w, WEFT_CACHELINE);
+    }
+    free(weft__rt.workers);
+    free(weft__rt.idle);
+    weft__rt.workers = NULL;
+    weft__rt.idle = NULL;
+}
+
+int weft_start(const weft_config *cfg)
+{
+    if (weft__worker_self())
+        return EDEADLK;
+    weft_config defaults = { 0 };
+    if (!cfg)
+        cfg = &defaults;
+    if (cfg->pin < WEFT_PIN_AUTO || cfg->pin > WEFT_PIN_OFF)
+        return EINVAL;
+    int stopped = 0;
+    if (!atomic_compare_exchange_strong(&weft__rt.state, &stopped, 3 /* starting */))
+        return EALREADY;
+    unsigned n = env_workers();
+    if (!n)
+        n = cfg->workers ? cfg->workers : weft__topology_cores();
+    pin_mode = cfg->pin;
+    weft__stack_set_default(cfg->stack_size);
+    weft__overflow_init();
+
+    int err = ENOMEM;
+    weft__rt.nworkers = n;
+    weft__rt.workers = calloc(n, sizeof *weft__rt.workers);
+    weft__rt.idle = calloc(n, sizeof *weft__rt.idle);
+    weft__rt.idle_len = 0;
+    atomic_store(&weft__rt.sleeping, 0);
+    atomic_store(&weft__rt.spinning, 0);
+    atomic_store(&weft__rt.live, 0);
+    atomic_store(&weft__rt.quiescent, 0);
+    atomic_store(&weft__rt.spawned_outside, 0);
+    atomic_store(&wakeups_outside, 0);
+    atomic_store(&shutdown_flag, 0);
+    if (!weft__rt.workers || !weft__rt.idle)
+        goto fail;
+    for (unsigned i = 0; i < n; i++) {
+        weft__worker *w = weft__alloc_aligned(sizeof *w, WEFT_CACHELINE);
+        if (!w)
+            goto fail;
+        memset(w, 0, sizeof *w);
+        weft__rt.workers[i] = w;
+        w->index = i;
+        w->rng = 0x9E3779B97F4A7C15ull * (i + 1);
+        atomic_init(&w->timer_next, INT64_MAX);
+        w->victims = calloc(n, sizeof *w->victims);
+        w->victim_level = calloc(n, sizeof *w->victim_level);
+        if (!w->victims || !w->victim_level || weft__deque_init(&w->deque) != 0)
+            goto fail;
+        weft__topology_victims(i, n, w->victims, w->victim_level);
+    }
+    atomic_store(&weft__rt.state, 1);
+    for (unsigned i = 0; i < n; i++) {
+        int rc = pthread_create(&weft__rt.workers[i]->thread, NULL, worker_main,
+                                weft__rt.workers[i]);
+        if (rc != 0) {
+            /* Stop the workers already started; nothing was spawned yet. */
+            atomic_store(&shutdown_flag, 1);
+            for (unsigned j = 0; j < i; j++)
+                wake_worker(weft__rt.workers[j]);
+            for (unsigned j = 0; j < i; j++)
+                pthread_join(weft__rt.workers[j]->thread, NULL);
+            err = rc;
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    free_workers(n);
+    atomic_store(&weft__rt.state, 0);
+    return err;
+}
+
+/* Called by every coroutine's end (co.c). */
+void weft__live_dec(void)
+{
+    /* Seq_cst: against weft_stop's store of state then load of live. */
+    if (atomic_fetch_sub_explicit(&weft__rt.live, 1, memory_order_seq_cst) == 1 &&
+        atomic_load_explicit(&weft__rt.state, memory_order_seq_cst) == 2) {
+        atomic_store(&weft__rt.quiescent, 1);
+        weft__futex_wake(&weft__rt.quiescent, 1);
+    }
+}
+
+int weft_stop(void)
+{
+    if (weft__worker_self())
+        return EDEADLK;
+    int running = 1;
+    if (!atomic_compare_exchange_strong(&weft__rt.state, &running, 2))
+        return EPERM;
+    while (atomic_load_explicit(&weft__rt.live, memory_order_seq_cst) != 0)
+        weft__futex_wait(&weft__rt.quiescent, 0, WEFT_FOREVER);
+    atomic_store(&shutdown_flag, 1);
+    for (unsigned i = 0; i < weft__rt.nworkers; i++)
+        wake_worker(weft__rt.workers[i]);
+    for (unsigned i = 0; i < weft__rt.nworkers; i++)
+        pthread_join(weft__rt.workers[i]->thread, NULL);
+    free_workers(weft__rt.nworkers);
+    weft__rt.inject_head = weft__rt.inject_tail = NULL;
+    atomic_store(&weft__rt.inject_len, 0);
+    atomic_store(&weft__rt.state, 0);
+    return 0;
+}
+
+int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg, void **result)
+{
+    if (!fn)
+        return EINVAL;
+    if (weft__worker_self())
+        return EDEADLK;
+    int err = weft_start(cfg);
+    if (err)
+        return err;
+    weft_co *root;
+    void *value = NULL;
+    err = weft_spawn(&root, NULL, fn, arg);
+    if (!err)
+        err = weft_join(root, &value);
+    int stop_err = weft_stop();
+    if (!err)
+        err = stop_err;
+    if (!err && result)
+        *result = value;
+    return err;
+}
+
+int weft_stats_get(weft_stats *out)
+{
+    if (!out)
+        return EINVAL;
+    if (atomic_load(&weft__rt.state) != 1 && atomic_load(&weft__rt.state) != 2)
+        return EPERM;
+    memset(out, 0, sizeof *out);
+    out->spawned = atomic_load_explicit(&weft__rt.spawned_outside, memory_order_relaxed);
+    out->wakeups = atomic_load_explicit(&wakeups_outside, memory_order_relaxed);
+    for (unsigned i = 0; i < weft__rt.nworkers; i++) {
+        weft__counters *c = &weft__rt.workers[i]->stats;
+        out->spawned += atomic_load_explicit(&c->spawned, memory_order_relaxed);
+        out->finished += atomic_load_explicit(&c->finished, memory_order_relaxed);
+        out->switches += atomic_load_explicit(&c->switches, memory_order_relaxed);
+        out->steals += atomic_load_explicit(&c->steals, memory_order_relaxed);
+        out->steal_attempts += atomic_load_explicit(&c->steal_attempts, memory_order_relaxed);
+        out->parks += atomic_load_explicit(&c->parks, memory_order_relaxed);
+        out->wakeups += atomic_load_explicit(&c->wakeups, memory_order_relaxed);
+        out->handoffs += atomic_load_explicit(&c->handoffs, memory_order_relaxed);
+    }
+    return 0;
+}
