@@ -30,6 +30,18 @@
 #define weft_store_release(p, v)                                               \
     atomic_store_explicit((p), (v), memory_order_release)
 
+/* A seq_cst fence. ThreadSanitizer does not model fences, so TSan builds
+ * use a seq_cst read-modify-write of one shared word instead: every such
+ * "fence" then synchronises with the previous one, which is at least as
+ * strong, and TSan sees the ordering. */
+#if defined(WEFT_TSAN)
+__attribute__((weak)) _Atomic unsigned long weft__fence_word;
+#define weft_fence_seq_cst()                                                   \
+    ((void)atomic_fetch_add_explicit(&weft__fence_word, 0, memory_order_seq_cst))
+#else
+#define weft_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
+#endif
+
 static inline void weft_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

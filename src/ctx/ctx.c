@@ -73,7 +73,8 @@ weft__fiber *weft__fiber_current(void)
     return weft__tls_fiber;
 }
 
-/* Builds the first frame (see the table in asm/switch_*.S). */
+/* Builds the first frame (see the table in asm/switch_*.S, or the record
+ * in switch_ucontext.c). */
 static void *first_frame(void *top, weft__fiber_entry entry, void *arg)
 {
     uintptr_t t = (uintptr_t)top & ~(uintptr_t)15;
@@ -121,7 +122,8 @@ void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind,
     f->stack = s;
     f->lo = s->lo;
     f->size = s->size;
-    f->kind = kind;
+    f->kind = (unsigned char)kind;
+    f->canary = s->mode == WEFT__GUARD_CANARY;
     f->name = name;
     f->sp = first_frame((char *)s->lo + s->size, entry, arg);
 #if defined(WEFT_ASAN)
@@ -134,7 +136,7 @@ void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind,
 
 static inline void leave(weft__fiber *from, weft__fiber *to)
 {
-    if (WEFT_UNLIKELY(from->stack && from->stack->mode == WEFT__GUARD_CANARY)) {
+    if (WEFT_UNLIKELY(from->canary)) {
         static const char *const kinds[] = { "thread", "coroutine", "generator", "context" };
         weft__stack_check(from->stack, kinds[from->kind & 3], from->name);
     }
@@ -191,13 +193,15 @@ void weft__fiber_destroy(weft__fiber *f)
 
 struct weft_ctx {
     weft__fiber fiber;
+    weft__fiber *self;  /* &fiber, or the thread fiber for a thread's own */
     struct weft_ctx *parent;
     void *(*fn)(void *);
     unsigned refs;      /* the user's handle + one per child not yet done */
     unsigned char started, finished, freed, is_thread;
+    unsigned char dead; /* finished or freed: switching to it does nothing */
 };
 
-static WEFT_TLS struct weft_ctx *ctx_running;   /* NULL: the thread's own */
+static WEFT_TLS struct weft_ctx *ctx_running;   /* NULL until first use */
 static WEFT_TLS struct weft_ctx *ctx_thread;
 static pthread_key_t ctx_key;
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
@@ -221,7 +225,10 @@ static struct weft_ctx *thread_ctx(void)
             return NULL;
         c->is_thread = c->started = 1;
         c->refs = 1;
+        c->self = weft__fiber_thread();
         ctx_thread = c;
+        if (!ctx_running)
+            ctx_running = c;
         pthread_setspecific(ctx_key, c);
     }
     return ctx_thread;
@@ -234,11 +241,6 @@ weft_ctx *weft_ctx_current(void)
     return ctx_running ? ctx_running : thread_ctx();
 }
 
-/* The thread's own context runs on the thread fiber. */
-static weft__fiber *fiber_of(struct weft_ctx *c)
-{
-    return c->is_thread ? weft__fiber_thread() : &c->fiber;
-}
 
 /* Drops one reference; frees the struct at zero, which drops the
  * reference it held on its parent. The stack was released by weft_ctx_free. */
@@ -256,12 +258,12 @@ static void ctx_entry(void *value, void *arg)
     weft__fiber_started();
     struct weft_ctx *c = arg;
     void *result = c->fn(value);
-    c->finished = 1;
+    c->finished = c->dead = 1;
     struct weft_ctx *p = c->parent;
-    while (p->finished || p->freed)
+    while (p->dead)
         p = p->parent;
-    ctx_running = p->is_thread ? NULL : p;
-    weft__fiber_exit(&c->fiber, fiber_of(p), result);
+    ctx_running = p;
+    weft__fiber_exit(&c->fiber, p->self, result);
 }
 
 int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
@@ -286,6 +288,7 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
     weft__fiber_init(&c->fiber, s, WEFT__FIBER_CONTEXT, NULL, ctx_entry, c);
     c->fn = fn;
     c->refs = 1;
+    c->self = &c->fiber;
     c->parent = parent;
     parent->refs++;
     *out = c;
@@ -294,21 +297,25 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
 
 void *weft_ctx_switch(weft_ctx *to, void *value)
 {
-    if (!to || to->finished || to->freed || weft__tls_on_worker)
+    /* Kept lean: this is the ctx benchmark's whole path besides the
+     * assembly. Contexts never change threads, so TLS is read directly. */
+    if (WEFT_UNLIKELY(!to || to->dead || weft__tls_on_worker))
         return NULL;
-    struct weft_ctx *cur = ctx_running ? ctx_running : thread_ctx();
-    if (to == cur)
+    struct weft_ctx *cur = ctx_running;
+    if (WEFT_UNLIKELY(!cur) && !(cur = thread_ctx()))
+        return NULL;
+    if (WEFT_UNLIKELY(to == cur))
         return value;
     to->started = 1;
-    ctx_running = to->is_thread ? NULL : to;
-    return weft__fiber_switch(fiber_of(cur), fiber_of(to), value);
+    ctx_running = to;
+    return weft__fiber_switch(cur->self, to->self, value);
 }
 
 void weft_ctx_free(weft_ctx *c)
 {
     if (!c || c->is_thread || c->freed || c == ctx_running)
         return;
-    c->freed = 1;
+    c->freed = c->dead = 1;
     /* The stack goes now; the struct stays while children may read it. */
     if (c->fiber.stack) {
         weft__fiber_destroy(&c->fiber);

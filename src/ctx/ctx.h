@@ -31,7 +31,8 @@ typedef struct weft__fiber {
     void *lo;                  /* usable stack [lo, lo + size) */
     size_t size;
     const char *name;          /* for reports; NULL prints as "(unnamed)" */
-    unsigned kind;             /* enum weft__fiber_kind */
+    unsigned char kind;        /* enum weft__fiber_kind */
+    unsigned char canary;      /* its stack is canary-guarded (stack.c) */
 #if defined(WEFT_ASAN)
     void *asan_fake_stack;     /* ASan's fake-stack handle while switched out */
 #endif

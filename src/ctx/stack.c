@@ -106,6 +106,23 @@ static size_t parse_size(const char *s)
 static void flush_cache(void *unused);
 static size_t round_pages(size_t bytes);
 
+/* True when the guard just installed at p really faults. An emulator may
+ * accept the madvise and do nothing (qemu-user 7.2 returns 0 for advice it
+ * does not know); a guarded page then reads as memory and an overflow would
+ * run silently into the stack below. The kernel reading the page for a
+ * write() to a pipe gives EFAULT on a real guard, without a signal. */
+static int guard_works(const void *p)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    ssize_t n = write(fds[1], p, 1);
+    int faulted = n < 0 && errno == EFAULT;
+    close(fds[0]);
+    close(fds[1]);
+    return faulted;
+}
+
 static void setup(void)
 {
     page_bytes = (size_t)sysconf(_SC_PAGESIZE);
@@ -128,7 +145,7 @@ static void setup(void)
     void *probe = mmap(NULL, 2 * page_bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (probe != MAP_FAILED) {
-        if (madvise(probe, page_bytes, MADV_GUARD_INSTALL) == 0)
+        if (madvise(probe, page_bytes, MADV_GUARD_INSTALL) == 0 && guard_works(probe))
             m = WEFT__GUARD_INSTALL;
         munmap(probe, 2 * page_bytes);
     }

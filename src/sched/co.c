@@ -184,10 +184,19 @@ int weft_join(weft_co *co, void **result)
     weft__waiter *j = atomic_load_explicit(&co->join, memory_order_acquire);
     if (j != NULL && j != WEFT__JOIN_DONE)
         return EINVAL; /* detached, already joined, or another joiner */
+    bool inlined = false;
     if (j == NULL && self && can_inline(co) && weft__deque_retract(&w->deque, co)) {
-        run_inline(w, self, co);
-        w = weft__worker_self();
-    } else if (j == NULL) {
+        /* Ours alone now. Only a coroutine that never ran can run inline;
+         * one that yielded or was woken goes back where it was. */
+        if (co->resume == NULL) {
+            run_inline(w, self, co);
+            w = weft__worker_self();
+            inlined = true;
+        } else if (weft__deque_push(&w->deque, co) != 0) {
+            weft__ready(co, false);
+        }
+    }
+    if (j == NULL && !inlined) {
         weft__waiter waiter;
         weft__waiter_init(&waiter, WEFT_FOREVER);
         if (self) {
@@ -203,8 +212,9 @@ int weft_join(weft_co *co, void **result)
                 return EINVAL; /* raced with a detach or another join */
         }
     }
-    /* Acquire: the result written before the coroutine finished. */
-    atomic_thread_fence(memory_order_acquire);
+    /* Acquire: the result written before the coroutine finished (pairs
+     * with the acq_rel exchange of DONE in weft__co_finished). */
+    (void)atomic_load_explicit(&co->join, memory_order_acquire);
     if (result)
         *result = co->result;
     weft__co_free(w, co);

@@ -138,7 +138,7 @@ void weft__notify(void)
     /* Seq_cst fence: the work just queued is ordered before the reads of
      * the sleeping/spinning counts; pairs with the fence in sleep_worker
      * (Dekker: either it sees our work or we see it sleeping). */
-    atomic_thread_fence(memory_order_seq_cst);
+    weft_fence_seq_cst();
     if (atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed) != 0 ||
         atomic_load_explicit(&weft__rt.sleeping, memory_order_relaxed) == 0)
         return;
@@ -198,7 +198,7 @@ static void sleep_worker(weft__worker *w)
     weft__lock_release(&weft__rt.idle_lock);
     /* Seq_cst fence: our "sleeping" before the re-check of the queues;
      * pairs with the fence in weft__notify. */
-    atomic_thread_fence(memory_order_seq_cst);
+    weft_fence_seq_cst();
     bool woken = false;
     if (!work_visible() && !atomic_load(&shutdown_flag)) {
         int64_t next = atomic_load_explicit(&w->timer_next, memory_order_relaxed);

@@ -23,7 +23,7 @@
  * That is all the ABI makes callee-saved: rbx, rbp, r12-r15, the MXCSR
  * control bits and the x87 control word (xmm registers are all
  * caller-saved on System V). A fresh context's frame is built by
- * weft__ctx_frame() in ctx.c with weft__ctx_trampoline as the return
+ * first_frame() in ctx.c with weft__ctx_trampoline as the return
  * address, entry function in r12, its argument in rbx and rbp zero.
  */
 

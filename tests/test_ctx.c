@@ -1,0 +1,723 @@
+/* The context switch and weft_ctx_*: values both ways, return to parent,
+ * finished contexts, callee-saved state (integer, floating-point, rounding
+ * modes), deep recursion, overflow reports (guard page and canary), bad
+ * input.
+ *
+ * Register checks go through probe_switch, a few lines of assembly below:
+ * C cannot put a chosen value in a chosen callee-saved register and keep it
+ * there across a call. Assertions run on the test's own stack only: values
+ * seen inside contexts are recorded and checked after switching back
+ * (cmocka's failure path longjmps, which must not cross stacks). Overflows
+ * run in forked children whose stderr comes back through a pipe. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fenv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ctx/ctx.h"
+#include "ctx/stack.h"
+#include "weft/ctx.h"
+
+#define KIB ((size_t)1024)
+
+/* --- greenlet's example and values ------------------------------------ */
+
+static char order[64];
+static size_t order_len;
+static weft_ctx *ctx1, *ctx2, *main_ctx;
+
+static void note(char c)
+{
+    order[order_len++] = c;
+    order[order_len] = 0;
+}
+
+static void *func2(void *v)
+{
+    (void)v;
+    note('3');
+    weft_ctx_switch(ctx1, NULL);
+    note('4');
+    return NULL;
+}
+
+static void *func1(void *v)
+{
+    (void)v;
+    note('1');
+    weft_ctx_switch(ctx2, NULL);
+    note('2');
+    return NULL;
+}
+
+/* greenlet's example: prints 1 3 2, then resuming func2 prints 4. */
+static void test_ctx_greenlet_pingpong_orders_1_3_2_4(void **state)
+{
+    (void)state;
+    order_len = 0;
+    assert_int_equal(weft_ctx_make(&ctx1, 0, func1), 0);
+    assert_int_equal(weft_ctx_make(&ctx2, 0, func2), 0);
+    weft_ctx_switch(ctx1, NULL);
+    assert_string_equal(order, "132");
+    weft_ctx_switch(ctx2, NULL); /* resume func2: prints 4, returns to main */
+    assert_string_equal(order, "1324");
+    weft_ctx_free(ctx1);
+    weft_ctx_free(ctx2);
+}
+
+/* Doubles every value it gets and switches it to main_ctx; a negative value
+ * makes it return x - 1 to its parent instead. */
+static void *echo(void *v)
+{
+    intptr_t x = (intptr_t)v;
+    while (x >= 0)
+        x = (intptr_t)weft_ctx_switch(main_ctx, (void *)(x * 2));
+    return (void *)(x - 1);
+}
+
+static void test_ctx_switch_passes_values_both_ways(void **state)
+{
+    (void)state;
+    main_ctx = weft_ctx_current();
+    weft_ctx *c;
+    assert_int_equal(weft_ctx_make(&c, 0, echo), 0);
+    assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)21), 42);
+    assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)5), 10);
+    assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)-7), -8);
+    weft_ctx_free(c);
+}
+
+static int count_runs;
+
+static void *count_and_return(void *v)
+{
+    count_runs++;
+    return v;
+}
+
+static void test_ctx_switch_to_finished_context_returns_null(void **state)
+{
+    (void)state;
+    weft_ctx *c;
+    count_runs = 0;
+    assert_int_equal(weft_ctx_make(&c, 0, count_and_return), 0);
+    assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)7), 7);
+    assert_int_equal(count_runs, 1);
+    /* Finished: NULL at once, and fn does not run again. */
+    assert_null(weft_ctx_switch(c, (void *)8));
+    assert_null(weft_ctx_switch(c, (void *)9));
+    assert_int_equal(count_runs, 1);
+    assert_ptr_equal(weft_ctx_current(), main_ctx);
+    weft_ctx_free(c);
+}
+
+static void test_ctx_switch_to_running_context_returns_value(void **state)
+{
+    (void)state;
+    assert_int_equal((intptr_t)weft_ctx_switch(weft_ctx_current(), (void *)42), 42);
+}
+
+/* --- nesting: a context made inside a context returns to it -------------- */
+
+static weft_ctx *nest_inner_parent;
+
+static void *nest_inner(void *v)
+{
+    note('i');
+    return (void *)((intptr_t)v + 1); /* to outer, its parent */
+}
+
+static void *nest_outer(void *v)
+{
+    weft_ctx *inner;
+    note('o');
+    if (weft_ctx_make(&inner, 0, nest_inner) != 0)
+        return NULL;
+    nest_inner_parent = weft_ctx_current();
+    intptr_t r = (intptr_t)weft_ctx_switch(inner, (void *)((intptr_t)v * 10));
+    note(weft_ctx_current() == nest_inner_parent ? 'O' : '?');
+    weft_ctx_free(inner);
+    return (void *)(r + 100); /* to main, its parent */
+}
+
+static void test_ctx_nested_contexts_return_to_their_parent(void **state)
+{
+    (void)state;
+    weft_ctx *outer;
+    order_len = 0;
+    order[0] = 0;
+    assert_int_equal(weft_ctx_make(&outer, 0, nest_outer), 0);
+    assert_int_equal((intptr_t)weft_ctx_switch(outer, (void *)5), 5 * 10 + 1 + 100);
+    assert_string_equal(order, "oiO");
+    assert_ptr_equal(weft_ctx_current(), main_ctx);
+    weft_ctx_free(outer);
+}
+
+/* --- callee-saved registers ------------------------------------------- */
+
+/* void probe_switch(weft_ctx *to, uint64_t seed, uint64_t *out);
+ * Saves the caller's callee-saved registers, loads seed + 1, seed + 2, ...
+ * into every one of them, calls weft_ctx_switch(to, NULL), stores what
+ * those registers hold when it returns into out[], restores the caller's
+ * registers and returns. */
+#if defined(__x86_64__)
+/* rbx, rbp, r12-r15; System V has no callee-saved vector registers. */
+#define PROBE_INT 6
+#define PROBE_FLOAT 0
+__asm__(
+    "    .text\n"
+    "    .p2align 4\n"
+    "    .type probe_switch, @function\n"
+    "probe_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    pushq %rdx\n"              /* out; rsp is 16-aligned now */
+    "    leaq 1(%rsi), %rbx\n"
+    "    leaq 2(%rsi), %rbp\n"
+    "    leaq 3(%rsi), %r12\n"
+    "    leaq 4(%rsi), %r13\n"
+    "    leaq 5(%rsi), %r14\n"
+    "    leaq 6(%rsi), %r15\n"
+    "    xorl %esi, %esi\n"         /* value NULL; rdi is still `to` */
+    "    call weft_ctx_switch@PLT\n"
+    "    popq %rdx\n"
+    "    movq %rbx, 0(%rdx)\n"
+    "    movq %rbp, 8(%rdx)\n"
+    "    movq %r12, 16(%rdx)\n"
+    "    movq %r13, 24(%rdx)\n"
+    "    movq %r14, 32(%rdx)\n"
+    "    movq %r15, 40(%rdx)\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    "    .size probe_switch, .-probe_switch\n");
+#elif defined(__aarch64__)
+/* x19-x28, x29; then d8-d15. */
+#define PROBE_INT 11
+#define PROBE_FLOAT 8
+__asm__(
+    "    .text\n"
+    "    .p2align 4\n"
+    "    .type probe_switch, %function\n"
+    "probe_switch:\n"
+    "    stp x29, x30, [sp, #-176]!\n"
+    "    stp x19, x20, [sp, #16]\n"
+    "    stp x21, x22, [sp, #32]\n"
+    "    stp x23, x24, [sp, #48]\n"
+    "    stp x25, x26, [sp, #64]\n"
+    "    stp x27, x28, [sp, #80]\n"
+    "    stp d8, d9, [sp, #96]\n"
+    "    stp d10, d11, [sp, #112]\n"
+    "    stp d12, d13, [sp, #128]\n"
+    "    stp d14, d15, [sp, #144]\n"
+    "    str x2, [sp, #160]\n"      /* out */
+    "    add x19, x1, #1\n"
+    "    add x20, x1, #2\n"
+    "    add x21, x1, #3\n"
+    "    add x22, x1, #4\n"
+    "    add x23, x1, #5\n"
+    "    add x24, x1, #6\n"
+    "    add x25, x1, #7\n"
+    "    add x26, x1, #8\n"
+    "    add x27, x1, #9\n"
+    "    add x28, x1, #10\n"
+    "    add x29, x1, #11\n"
+    "    add x9, x1, #12\n"
+    "    fmov d8, x9\n"
+    "    add x9, x1, #13\n"
+    "    fmov d9, x9\n"
+    "    add x9, x1, #14\n"
+    "    fmov d10, x9\n"
+    "    add x9, x1, #15\n"
+    "    fmov d11, x9\n"
+    "    add x9, x1, #16\n"
+    "    fmov d12, x9\n"
+    "    add x9, x1, #17\n"
+    "    fmov d13, x9\n"
+    "    add x9, x1, #18\n"
+    "    fmov d14, x9\n"
+    "    add x9, x1, #19\n"
+    "    fmov d15, x9\n"
+    "    mov x1, #0\n"              /* value NULL; x0 is still `to` */
+    "    bl weft_ctx_switch\n"
+    "    ldr x2, [sp, #160]\n"
+    "    stp x19, x20, [x2, #0]\n"
+    "    stp x21, x22, [x2, #16]\n"
+    "    stp x23, x24, [x2, #32]\n"
+    "    stp x25, x26, [x2, #48]\n"
+    "    stp x27, x28, [x2, #64]\n"
+    "    str x29, [x2, #80]\n"
+    "    str d8, [x2, #88]\n"
+    "    str d9, [x2, #96]\n"
+    "    str d10, [x2, #104]\n"
+    "    str d11, [x2, #112]\n"
+    "    str d12, [x2, #120]\n"
+    "    str d13, [x2, #128]\n"
+    "    str d14, [x2, #136]\n"
+    "    str d15, [x2, #144]\n"
+    "    ldp x19, x20, [sp, #16]\n"
+    "    ldp x21, x22, [sp, #32]\n"
+    "    ldp x23, x24, [sp, #48]\n"
+    "    ldp x25, x26, [sp, #64]\n"
+    "    ldp x27, x28, [sp, #80]\n"
+    "    ldp d8, d9, [sp, #96]\n"
+    "    ldp d10, d11, [sp, #112]\n"
+    "    ldp d12, d13, [sp, #128]\n"
+    "    ldp d14, d15, [sp, #144]\n"
+    "    ldp x29, x30, [sp], #176\n"
+    "    ret\n"
+    "    .size probe_switch, .-probe_switch\n");
+#else
+#error "test_ctx: no register probe for this architecture"
+#endif
+
+#define PROBE_REGS (PROBE_INT + PROBE_FLOAT)
+void probe_switch(weft_ctx *to, uint64_t seed, uint64_t *out);
+
+#define SEED_MAIN UINT64_C(0x1111000011110000)
+#define SEED_CTX UINT64_C(0x2222000022220000)
+#define SEED_RESUME UINT64_C(0x3333000033330000)
+
+static uint64_t seen_main[PROBE_REGS + 1];   /* main, after the context switched back */
+static uint64_t seen_ctx[PROBE_REGS + 1];    /* the context, after main resumed it */
+static uint64_t seen_resume[PROBE_REGS + 1]; /* main, after the context finished */
+
+static void *probe_ctx(void *v)
+{
+    (void)v;
+    /* Different patterns in every register, then back to main. */
+    probe_switch(main_ctx, SEED_CTX, seen_ctx);
+    return NULL; /* finishing returns to main: the exit path restores too */
+}
+
+/* main (SEED_MAIN) -> fresh context (SEED_CTX) -> main -> context (main
+ * now holds SEED_RESUME) -> context finishes -> main. Each side checks that
+ * its own patterns survived the other side's. */
+static void run_register_probe(void)
+{
+    weft_ctx *c;
+    main_ctx = weft_ctx_current();
+    memset(seen_main, 0, sizeof seen_main);
+    memset(seen_ctx, 0, sizeof seen_ctx);
+    memset(seen_resume, 0, sizeof seen_resume);
+    assert_int_equal(weft_ctx_make(&c, 0, probe_ctx), 0);
+    probe_switch(c, SEED_MAIN, seen_main);
+    probe_switch(c, SEED_RESUME, seen_resume);
+    weft_ctx_free(c);
+}
+
+static void check_probe(unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i++) {
+        assert_int_equal(seen_main[i], SEED_MAIN + i + 1);
+        assert_int_equal(seen_ctx[i], SEED_CTX + i + 1);
+        assert_int_equal(seen_resume[i], SEED_RESUME + i + 1);
+    }
+}
+
+static void test_ctx_switch_preserves_callee_saved_integer_registers(void **state)
+{
+    (void)state;
+    run_register_probe();
+    check_probe(0, PROBE_INT);
+}
+
+static void test_ctx_switch_preserves_callee_saved_float_registers(void **state)
+{
+    (void)state;
+#if PROBE_FLOAT == 0
+    skip(); /* x86-64 System V: every vector register is caller-saved */
+#else
+    run_register_probe();
+    check_probe(PROBE_INT, PROBE_REGS);
+#endif
+}
+
+/* --- rounding modes: MXCSR and the x87 control word, FPCR -------------- */
+
+/* The floating-point control state as the hardware holds it. */
+struct fp_state {
+    int round;          /* fegetround() (x87 control word on x86-64) */
+    unsigned raw;       /* x86-64: MXCSR rounding bits; AArch64: FPCR.RMode */
+    unsigned raw_x87;   /* x86-64: x87 control word rounding bits */
+    double third;       /* 1/3 computed in this state */
+};
+
+static volatile double fp_one = 1.0, fp_three = 3.0;
+
+static void fp_read(struct fp_state *s)
+{
+    s->round = fegetround();
+#if defined(__x86_64__)
+    unsigned mxcsr;
+    unsigned short cw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(cw));
+    s->raw = mxcsr & 0x6000;        /* RC: 0 nearest, 0x4000 up */
+    s->raw_x87 = cw & 0x0c00;       /* RC: 0 nearest, 0x0800 up */
+#elif defined(__aarch64__)
+    uint64_t fpcr;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+    s->raw = (unsigned)(fpcr >> 22) & 3; /* RMode: 0 nearest, 1 up */
+    s->raw_x87 = 0;
+#endif
+    s->third = fp_one / fp_three;   /* SSE on x86-64: follows MXCSR */
+}
+
+static void expect_upward(const struct fp_state *s, const struct fp_state *nearest)
+{
+    assert_int_equal(s->round, FE_UPWARD);
+#if defined(__x86_64__)
+    assert_int_equal(s->raw, 0x4000);
+    assert_int_equal(s->raw_x87, 0x0800);
+#elif defined(__aarch64__)
+    assert_int_equal(s->raw, 1);
+#endif
+    assert_true(s->third > nearest->third); /* rounded up by one ulp */
+}
+
+static void expect_nearest(const struct fp_state *s, const struct fp_state *nearest)
+{
+    assert_int_equal(s->round, FE_TONEAREST);
+    assert_int_equal(s->raw, 0);
+    assert_int_equal(s->raw_x87, 0);
+    assert_true(s->third == nearest->third);
+}
+
+static struct fp_state fp_a0, fp_a1, fp_b0, fp_b1, fp_main, fp_ref;
+static weft_ctx *fp_a, *fp_b;
+
+static void *fp_ctx_a(void *v)
+{
+    (void)v;
+    fesetround(FE_UPWARD);
+    fp_read(&fp_a0);
+    weft_ctx_switch(fp_b, NULL);   /* to a context that rounds to nearest */
+    fp_read(&fp_a1);               /* still upward? */
+    return NULL;                   /* to main, still rounding upward here */
+}
+
+static void *fp_ctx_b(void *v)
+{
+    (void)v;
+    fp_read(&fp_b0);
+    weft_ctx_switch(main_ctx, NULL);
+    fp_read(&fp_b1);               /* resumed by fp_ctx_a, which rounds up */
+    weft_ctx_switch(fp_a, NULL);
+    return NULL;
+}
+
+static void test_ctx_switch_keeps_rounding_mode_per_context(void **state)
+{
+    (void)state;
+    main_ctx = weft_ctx_current();
+    assert_int_equal(fegetround(), FE_TONEAREST);
+    fp_read(&fp_ref);
+    assert_int_equal(weft_ctx_make(&fp_a, 0, fp_ctx_a), 0);
+    assert_int_equal(weft_ctx_make(&fp_b, 0, fp_ctx_b), 0);
+    weft_ctx_switch(fp_b, NULL);   /* b starts, records, back here */
+    weft_ctx_switch(fp_a, NULL);   /* a: up; -> b (resumed) -> a -> returns */
+    fp_read(&fp_main);
+    fesetround(FE_TONEAREST);      /* whatever happened, before asserting */
+    weft_ctx_switch(fp_b, NULL);   /* let b finish */
+    weft_ctx_free(fp_a);
+    weft_ctx_free(fp_b);
+
+    expect_upward(&fp_a0, &fp_ref);
+    expect_upward(&fp_a1, &fp_ref);  /* survived two switches */
+    expect_nearest(&fp_b0, &fp_ref);
+    expect_nearest(&fp_b1, &fp_ref); /* did not leak from a into b */
+    expect_nearest(&fp_main, &fp_ref); /* nor from a into main */
+}
+
+static struct fp_state fp_fresh;
+
+static void *fp_record(void *v)
+{
+    (void)v;
+    fp_read(&fp_fresh);
+    return NULL;
+}
+
+/* A context starts with the default environment, whoever made it. */
+static void test_ctx_new_context_starts_rounding_to_nearest(void **state)
+{
+    (void)state;
+    weft_ctx *c;
+    fp_read(&fp_ref);
+    assert_int_equal(weft_ctx_make(&c, 0, fp_record), 0);
+    fesetround(FE_UPWARD);
+    weft_ctx_switch(c, NULL);
+    fp_read(&fp_main);
+    fesetround(FE_TONEAREST);
+    weft_ctx_free(c);
+    expect_nearest(&fp_fresh, &fp_ref);
+    expect_upward(&fp_main, &fp_ref);
+}
+
+/* --- deep recursion on a default stack ---------------------------------- */
+
+#define DEEP_BYTES (200 * KIB)
+
+static char *deep_top;
+static size_t deep_reached;
+static int deep_corrupt;
+
+/* Recurses in 1 KiB frames until DEEP_BYTES of stack are in use; each
+ * frame fills its buffer and checks it is intact after its callee returns. */
+static __attribute__((noinline)) unsigned deep(unsigned depth)
+{
+    volatile unsigned char buf[1024];
+    char *frame = __builtin_frame_address(0);
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(depth + i);
+    unsigned levels = 1;
+    size_t used = (size_t)(deep_top - frame);
+    if (used < DEEP_BYTES)
+        levels += deep(depth + 1);
+    else
+        deep_reached = used;
+    for (size_t i = 0; i < sizeof buf; i++)
+        if (buf[i] != (unsigned char)(depth + i))
+            deep_corrupt = 1;
+    return levels;
+}
+
+static void *deep_ctx(void *v)
+{
+    (void)v;
+    deep_top = __builtin_frame_address(0);
+    return (void *)(uintptr_t)deep(0);
+}
+
+static void test_ctx_default_stack_holds_200_kib_of_frames(void **state)
+{
+    (void)state;
+    weft_ctx *c;
+    deep_reached = 0;
+    deep_corrupt = 0;
+    assert_int_equal(weft_ctx_make(&c, 0, deep_ctx), 0);
+    uintptr_t levels = (uintptr_t)weft_ctx_switch(c, NULL);
+    weft_ctx_free(c);
+    assert_true(deep_reached >= DEEP_BYTES);
+    assert_true(levels >= DEEP_BYTES / (2 * KIB)); /* 1 KiB frames, 2 under ASan */
+    assert_int_equal(deep_corrupt, 0);
+}
+
+/* --- overflow reports, in forked children --------------------------------- */
+
+static volatile int never;
+
+/* Recurses until the stack ends. */
+static __attribute__((noinline)) int overflow_down(int n)
+{
+    volatile char buf[512];
+    buf[n & 511] = (char)n;
+    if (never)
+        return buf[0];
+    return overflow_down(n + 1) + buf[(n * 7) & 511];
+}
+
+/* weft's SIGSEGV/SIGBUS handlers as installed, saved by main() before
+ * cmocka runs: cmocka replaces the handlers around every test with signal(),
+ * and its restore reinstalls weft's without SA_SIGINFO and SA_ONSTACK,
+ * which an overflow report needs. Each child puts them back. */
+static struct sigaction weft_segv, weft_bus;
+
+/* Runs child() in a child process whose stderr is captured into err;
+ * returns the wait status. */
+static int run_child(void (*child)(void), char *err, size_t cap)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        sigaction(SIGSEGV, &weft_segv, NULL);
+        sigaction(SIGBUS, &weft_bus, NULL);
+        child();
+        _exit(0); /* not reached when the overflow is caught */
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < cap && (n = read(fds[0], err + len, cap - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    err[len] = 0;
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return status;
+}
+
+static void *overflow_ctx(void *v)
+{
+    overflow_down(0);
+    return v;
+}
+
+static void child_overflows_context(void)
+{
+    weft_ctx *c;
+    if (weft_ctx_make(&c, 0, overflow_ctx) == 0)
+        weft_ctx_switch(c, NULL);
+}
+
+static void test_ctx_overflow_reports_context_and_dies_by_sigsegv(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_overflows_context, err, sizeof err);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(strstr(err,
+        "weft: stack overflow in context (unnamed) (stack 262144 bytes)\n"));
+}
+
+static void named_entry(void *value, void *arg)
+{
+    (void)value;
+    (void)arg;
+    weft__fiber_started();
+    overflow_down(0);
+}
+
+/* A fiber with a name, as a coroutine has: the report quotes it. */
+static void child_overflows_named_fiber(void)
+{
+    weft__stack *s;
+    static weft__fiber f;
+    if (weft__stack_get(0, &s) != 0)
+        return;
+    weft__overflow_init();
+    weft__fiber_init(&f, s, WEFT__FIBER_COROUTINE, "worker-3", named_entry, NULL);
+    weft__fiber_switch(weft__fiber_current(), &f, NULL);
+}
+
+static void test_ctx_overflow_report_names_the_coroutine(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_overflows_named_fiber, err, sizeof err);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(strstr(err,
+        "weft: stack overflow in coroutine 'worker-3' (stack 262144 bytes)\n"));
+}
+
+/* Writes 80 KiB below its frame: past the end of a 64 KiB stack, into the
+ * unprotected region below it (the canary sits at the stack's low end). */
+static __attribute__((noinline)) void scribble_80_kib(void)
+{
+    volatile char big[80 * KIB];
+    memset((char *)big, 0x5a, sizeof big);
+    __asm__ volatile("" : : "r"(big) : "memory");
+}
+
+static void *canary_ctx(void *v)
+{
+    scribble_80_kib();
+    weft_ctx_switch(main_ctx, NULL); /* the check happens here */
+    return v;
+}
+
+static void child_overflows_canary_stack(void)
+{
+    weft_ctx *c;
+    weft__stack_force_mode(WEFT__GUARD_CANARY);
+    main_ctx = weft_ctx_current();
+    /* Not the default size: a fresh mapping, not one pooled earlier with
+     * a guard page. */
+    if (weft_ctx_make(&c, 64 * KIB, canary_ctx) == 0)
+        weft_ctx_switch(c, NULL);
+    static const char survived[] = "survived the switch\n";
+    ssize_t unused = write(STDERR_FILENO, survived, sizeof survived - 1);
+    (void)unused;
+}
+
+static void test_ctx_canary_mode_catches_overflow_at_next_switch(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_overflows_canary_stack, err, sizeof err);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+    assert_non_null(strstr(err,
+        "weft: stack overflow in context (unnamed) (stack 65536 bytes), caught by its canary\n"));
+    assert_null(strstr(err, "survived"));
+}
+
+/* --- bad input ------------------------------------------------------------ */
+
+static void test_ctx_bad_input_gives_einval_or_null(void **state)
+{
+    (void)state;
+    weft_ctx *untouched = (weft_ctx *)&untouched;
+    weft_ctx *c = untouched;
+    assert_int_equal(weft_ctx_make(NULL, 0, echo), EINVAL);
+    assert_int_equal(weft_ctx_make(&c, 0, NULL), EINVAL);
+    assert_ptr_equal(c, untouched);
+    assert_null(weft_ctx_switch(NULL, (void *)1));
+    weft_ctx_free(NULL);                 /* no-op */
+    weft_ctx_free(weft_ctx_current());   /* the thread's own: no-op */
+    /* Everything still works. */
+    main_ctx = weft_ctx_current();
+    assert_non_null(main_ctx);
+    assert_int_equal(weft_ctx_make(&c, 0, echo), 0);
+    assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)4), 8);
+    weft_ctx_free(c);                    /* unfinished: fine */
+    assert_ptr_equal(weft_ctx_current(), main_ctx);
+}
+
+int main(void)
+{
+    weft__overflow_init();
+    sigaction(SIGSEGV, NULL, &weft_segv);
+    sigaction(SIGBUS, NULL, &weft_bus);
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ctx_greenlet_pingpong_orders_1_3_2_4),
+        cmocka_unit_test(test_ctx_switch_passes_values_both_ways),
+        cmocka_unit_test(test_ctx_switch_to_finished_context_returns_null),
+        cmocka_unit_test(test_ctx_switch_to_running_context_returns_value),
+        cmocka_unit_test(test_ctx_nested_contexts_return_to_their_parent),
+        cmocka_unit_test(test_ctx_switch_preserves_callee_saved_integer_registers),
+        cmocka_unit_test(test_ctx_switch_preserves_callee_saved_float_registers),
+        cmocka_unit_test(test_ctx_switch_keeps_rounding_mode_per_context),
+        cmocka_unit_test(test_ctx_new_context_starts_rounding_to_nearest),
+        cmocka_unit_test(test_ctx_default_stack_holds_200_kib_of_frames),
+        cmocka_unit_test(test_ctx_overflow_reports_context_and_dies_by_sigsegv),
+        cmocka_unit_test(test_ctx_overflow_report_names_the_coroutine),
+        cmocka_unit_test(test_ctx_canary_mode_catches_overflow_at_next_switch),
+        cmocka_unit_test(test_ctx_bad_input_gives_einval_or_null),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

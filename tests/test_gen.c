@@ -1,0 +1,380 @@
+/* Generators: values in order, ENODATA at the end, `yield from` (the
+ * motivating 1 3 4 2 example and deeper nesting), freeing unfinished
+ * generators, overflow reports that name the generator, bad input.
+ * All on the test's plain thread, without a runtime. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ctx/stack.h"
+#include "weft.h"
+
+#define V(x) ((void *)(intptr_t)(x))
+
+/* Advances g to its end; stores the values (as chars) in out. Returns the
+ * code that ended it (ENODATA when all went well). */
+static int drain(weft_gen *g, char *out, size_t cap)
+{
+    size_t n = 0;
+    void *v;
+    int err;
+    while ((err = weft_gen_next(g, &v)) == 0 && n + 1 < cap)
+        out[n++] = (char)(intptr_t)v;
+    out[n] = 0;
+    return err;
+}
+
+/* Yields the characters of the string arg, one per next. */
+static void yield_chars(weft_gen *g, void *arg)
+{
+    for (const char *s = arg; *s; s++)
+        weft_gen_yield(g, V(*s));
+}
+
+static void test_gen_yields_values_in_order_then_enodata(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    void *v = V(-1);
+    assert_int_equal(weft_gen_make(&g, NULL, yield_chars, "abc"), 0);
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_int_equal((intptr_t)v, 'a');
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_int_equal((intptr_t)v, 'b');
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_int_equal((intptr_t)v, 'c');
+    v = V(-1);
+    assert_int_equal(weft_gen_next(g, &v), ENODATA);
+    assert_int_equal((intptr_t)v, -1); /* untouched */
+    assert_int_equal(weft_gen_next(g, &v), ENODATA); /* and every time after */
+    weft_gen_free(g);
+}
+
+static void test_gen_that_yields_nothing_gives_enodata_at_once(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    char out[8];
+    assert_int_equal(weft_gen_make(&g, NULL, yield_chars, ""), 0);
+    assert_int_equal(drain(g, out, sizeof out), ENODATA);
+    assert_string_equal(out, "");
+    weft_gen_free(g);
+}
+
+/* The motivating example: yield 1, yield from an inner generator that
+ * yields 3 and 4, yield 2. */
+static int from_err = -1;
+
+static void one_from_two(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_gen *inner;
+    weft_gen_yield(g, V('1'));
+    if (weft_gen_make(&inner, NULL, yield_chars, "34") != 0)
+        return;
+    from_err = weft_gen_yield_from(g, inner);
+    weft_gen_free(inner);
+    weft_gen_yield(g, V('2'));
+}
+
+static void test_gen_yield_from_orders_1_3_4_2(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    char out[16];
+    from_err = -1;
+    assert_int_equal(weft_gen_make(&g, NULL, one_from_two, NULL), 0);
+    assert_int_equal(drain(g, out, sizeof out), ENODATA);
+    assert_string_equal(out, "1342");
+    assert_int_equal(from_err, 0);
+    weft_gen_free(g);
+}
+
+/* Three levels: outer yields a, yields from middle (b, yield from inner
+ * "cd", e), then f. */
+static int nest_errs[2] = { -1, -1 };
+
+static void nest_middle(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_gen *inner;
+    weft_gen_yield(g, V('b'));
+    if (weft_gen_make(&inner, NULL, yield_chars, "cd") != 0)
+        return;
+    nest_errs[1] = weft_gen_yield_from(g, inner);
+    weft_gen_free(inner);
+    weft_gen_yield(g, V('e'));
+}
+
+static void nest_outer(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_gen *middle;
+    weft_gen_yield(g, V('a'));
+    if (weft_gen_make(&middle, NULL, nest_middle, NULL) != 0)
+        return;
+    nest_errs[0] = weft_gen_yield_from(g, middle);
+    weft_gen_free(middle);
+    weft_gen_yield(g, V('f'));
+}
+
+static void test_gen_nested_yield_from_keeps_order(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    char out[16];
+    assert_int_equal(weft_gen_make(&g, NULL, nest_outer, NULL), 0);
+    assert_int_equal(drain(g, out, sizeof out), ENODATA);
+    assert_string_equal(out, "abcdef");
+    assert_int_equal(nest_errs[0], 0);
+    assert_int_equal(nest_errs[1], 0);
+    weft_gen_free(g);
+}
+
+/* yield from a generator that was partly advanced already: only the rest. */
+static weft_gen *partial_inner;
+
+static void from_partial(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_gen_yield_from(g, partial_inner);
+}
+
+static void test_gen_yield_from_takes_the_rest_of_a_started_generator(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    void *v;
+    char out[16];
+    assert_int_equal(weft_gen_make(&partial_inner, NULL, yield_chars, "wxyz"), 0);
+    assert_int_equal(weft_gen_next(partial_inner, &v), 0);
+    assert_int_equal((intptr_t)v, 'w');
+    assert_int_equal(weft_gen_make(&g, NULL, from_partial, NULL), 0);
+    assert_int_equal(drain(g, out, sizeof out), ENODATA);
+    assert_string_equal(out, "xyz");
+    assert_int_equal(weft_gen_next(partial_inner, &v), ENODATA);
+    weft_gen_free(g);
+    weft_gen_free(partial_inner);
+}
+
+/* Counts up forever; records how far fn got. */
+static int count_reached;
+
+static void count_forever(weft_gen *g, void *arg)
+{
+    (void)arg;
+    for (int i = 0;; i++) {
+        count_reached = i;
+        weft_gen_yield(g, V(i));
+    }
+}
+
+static void test_gen_free_of_unfinished_generator_never_resumes_it(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    void *v;
+    count_reached = -1;
+    /* Never started: fn never runs. */
+    assert_int_equal(weft_gen_make(&g, NULL, count_forever, NULL), 0);
+    weft_gen_free(g);
+    assert_int_equal(count_reached, -1);
+    /* Started: stops where it was. */
+    assert_int_equal(weft_gen_make(&g, NULL, count_forever, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(weft_gen_next(g, &v), 0);
+        assert_int_equal((intptr_t)v, i);
+    }
+    weft_gen_free(g);
+    assert_int_equal(count_reached, 2);
+}
+
+static int count_mappings(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    int lines = 0, c;
+    if (!f)
+        return -1;
+    while ((c = fgetc(f)) != EOF)
+        lines += c == '\n';
+    fclose(f);
+    return lines;
+}
+
+/* 1000 started-and-freed generators on a non-default stack size (which is
+ * not pooled but unmapped on free) with mprotect guards (a guard and a
+ * stack per mapping pair, which never merge): a stack kept alive would add
+ * at least one mapping each. */
+static void test_gen_free_releases_the_stack_of_an_unfinished_generator(void **state)
+{
+    (void)state;
+    weft_attr attr = { .stack_size = 64 * 1024, .name = NULL };
+    unsigned mode = weft__stack_mode();
+    weft__stack_force_mode(WEFT__GUARD_MPROTECT);
+    int before = count_mappings();
+    for (int i = 0; i < 1000; i++) {
+        weft_gen *g;
+        void *v;
+        assert_int_equal(weft_gen_make(&g, &attr, count_forever, NULL), 0);
+        assert_int_equal(weft_gen_next(g, &v), 0);
+        weft_gen_free(g);
+    }
+    int after = count_mappings();
+    weft__stack_force_mode(mode);
+    assert_true(before > 0);
+    assert_true(after - before < 100);
+}
+
+/* --- errors from inside ------------------------------------------------- */
+
+static int inside_next, inside_from_self, inside_v;
+
+static void misuse_inside(weft_gen *g, void *arg)
+{
+    (void)arg;
+    void *v;
+    inside_next = weft_gen_next(g, &v);             /* itself: EDEADLK */
+    inside_from_self = weft_gen_yield_from(g, g);   /* itself: EINVAL */
+    weft_gen_yield(g, V(7));
+}
+
+static void test_gen_misuse_from_inside_gives_codes(void **state)
+{
+    (void)state;
+    weft_gen *g;
+    char out[8];
+    inside_v = 0;
+    assert_int_equal(weft_gen_make(&g, NULL, misuse_inside, NULL), 0);
+    assert_int_equal(drain(g, out, sizeof out), ENODATA);
+    assert_int_equal(out[0], 7);
+    assert_int_equal(inside_next, EDEADLK);
+    assert_int_equal(inside_from_self, EINVAL);
+    weft_gen_free(g);
+}
+
+static void test_gen_bad_input_gives_einval(void **state)
+{
+    (void)state;
+    weft_gen *untouched = (weft_gen *)&untouched;
+    weft_gen *g = untouched, *other;
+    void *v = V(5);
+    assert_int_equal(weft_gen_make(NULL, NULL, yield_chars, "a"), EINVAL);
+    assert_int_equal(weft_gen_make(&g, NULL, NULL, NULL), EINVAL);
+    assert_ptr_equal(g, untouched);
+    assert_int_equal(weft_gen_next(NULL, &v), EINVAL);
+    assert_int_equal((intptr_t)v, 5);
+
+    assert_int_equal(weft_gen_make(&g, NULL, yield_chars, "a"), 0);
+    assert_int_equal(weft_gen_make(&other, NULL, yield_chars, "b"), 0);
+    assert_int_equal(weft_gen_next(g, NULL), EINVAL);
+    assert_int_equal(weft_gen_yield_from(NULL, other), EINVAL);
+    assert_int_equal(weft_gen_yield_from(g, NULL), EINVAL);
+    /* Not from inside g. */
+    assert_int_equal(weft_gen_yield_from(g, other), EPERM);
+    weft_gen_yield(g, V(1));     /* not inside g: nothing happens */
+    weft_gen_yield(NULL, V(1));
+    weft_gen_free(NULL);
+    /* g and other are intact. */
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_int_equal((intptr_t)v, 'a');
+    assert_int_equal(weft_gen_next(other, &v), 0);
+    assert_int_equal((intptr_t)v, 'b');
+    weft_gen_free(g);
+    weft_gen_free(other);
+}
+
+/* --- overflow report names the generator ----------------------------------- */
+
+/* weft's fault handlers, saved before cmocka replaces them (see
+ * test_ctx.c); the child puts them back. */
+static struct sigaction weft_segv, weft_bus;
+static volatile int never;
+
+static __attribute__((noinline)) int overflow_down(int n)
+{
+    volatile char buf[512];
+    buf[n & 511] = (char)n;
+    if (never)
+        return buf[0];
+    return overflow_down(n + 1) + buf[(n * 7) & 511];
+}
+
+static void overflow_gen(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_gen_yield(g, V(overflow_down(0)));
+}
+
+static void test_gen_overflow_report_names_the_generator(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        sigaction(SIGSEGV, &weft_segv, NULL);
+        sigaction(SIGBUS, &weft_bus, NULL);
+        weft_attr attr = { .stack_size = 64 * 1024, .name = "lexer" };
+        weft_gen *g;
+        void *v;
+        if (weft_gen_make(&g, &attr, overflow_gen, NULL) == 0)
+            weft_gen_next(g, &v);
+        _exit(0);
+    }
+    close(fds[1]);
+    char err[4096];
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < sizeof err && (n = read(fds[0], err + len, sizeof err - 1 - len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    err[len] = 0;
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(strstr(err,
+        "weft: stack overflow in generator 'lexer' (stack 65536 bytes)\n"));
+}
+
+int main(void)
+{
+    weft__overflow_init();
+    sigaction(SIGSEGV, NULL, &weft_segv);
+    sigaction(SIGBUS, NULL, &weft_bus);
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gen_yields_values_in_order_then_enodata),
+        cmocka_unit_test(test_gen_that_yields_nothing_gives_enodata_at_once),
+        cmocka_unit_test(test_gen_yield_from_orders_1_3_4_2),
+        cmocka_unit_test(test_gen_nested_yield_from_keeps_order),
+        cmocka_unit_test(test_gen_yield_from_takes_the_rest_of_a_started_generator),
+        cmocka_unit_test(test_gen_free_of_unfinished_generator_never_resumes_it),
+        cmocka_unit_test(test_gen_free_releases_the_stack_of_an_unfinished_generator),
+        cmocka_unit_test(test_gen_misuse_from_inside_gives_codes),
+        cmocka_unit_test(test_gen_bad_input_gives_einval),
+        cmocka_unit_test(test_gen_overflow_report_names_the_generator),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,420 @@
+/* The scheduler: runtime life, spawn/join/detach/yield, ordering on one
+ * worker, stealing, plain threads, sleeping, statistics, bad input. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "weft.h"
+
+#define MS 1000000LL
+
+/* Sanitizer builds run the same tests at a smaller volume (a TSan fiber
+ * switch costs microseconds). */
+#if defined(__SANITIZE_THREAD__)
+#define VOLUME 500
+#elif defined(__SANITIZE_ADDRESS__)
+#define VOLUME 20
+#else
+#define VOLUME 1
+#endif
+
+static char out[64];
+static _Atomic int out_len;
+
+static void say(char c)
+{
+    int i = atomic_fetch_add(&out_len, 1);
+    out[i] = c;
+    out[i + 1] = 0;
+}
+
+static void reset_out(void)
+{
+    memset(out, 0, sizeof out);
+    atomic_store(&out_len, 0);
+}
+
+static const weft_config one_worker = { .workers = 1 };
+static const weft_config two_workers = { .workers = 2 };
+
+/* --- the motivating examples -------------------------------------------------- */
+
+struct sleeper { char before, after; int64_t ms; };
+
+static void *sleeper(void *arg)
+{
+    struct sleeper *s = arg;
+    say(s->before);
+    weft_sleep(s->ms * MS);
+    say(s->after);
+    return NULL;
+}
+
+static void *three_sleepers(void *arg)
+{
+    (void)arg;
+    static struct sleeper s[3] = { { '1', '2', 300 }, { '3', '4', 200 }, { '5', '6', 200 } };
+    weft_co *co[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(weft_spawn(&co[i], NULL, sleeper, &s[i]), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(weft_join(co[i], NULL), 0);
+    return NULL;
+}
+
+static void test_sched_sleepers_overlap_and_wake_in_deadline_order(void **state)
+{
+    (void)state;
+    reset_out();
+    int64_t start = weft_now();
+    assert_int_equal(weft_main(&one_worker, three_sleepers, NULL, NULL), 0);
+    int64_t took = weft_now() - start;
+    assert_string_equal(out, "135462");
+    assert_true(took >= 300 * MS);
+    assert_true(took < 500 * MS); /* 300 ms, not 700 */
+}
+
+static void *counter_task(void *arg)
+{
+    char first = *(char *)arg;
+    for (int i = 0; i < 5; i++) {
+        say((char)(first + i));
+        weft_yield();
+    }
+    return NULL;
+}
+
+static void *two_counters(void *arg)
+{
+    (void)arg;
+    static char a = 'a', f = 'f';
+    weft_co *c1, *c2;
+    weft_spawn(&c1, NULL, counter_task, &a);
+    weft_spawn(&c2, NULL, counter_task, &f);
+    weft_join(c1, NULL);
+    weft_join(c2, NULL);
+    return NULL;
+}
+
+/* f1 prints 1..5 (a..e), f2 6..10 (f..j), each yielding after a print. */
+static void test_sched_yield_interleaves_strictly_on_one_worker(void **state)
+{
+    (void)state;
+    reset_out();
+    assert_int_equal(weft_main(&one_worker, two_counters, NULL, NULL), 0);
+    assert_string_equal(out, "afbgchdiej");
+}
+
+/* --- volume ----------------------------------------------------------------- */
+
+static void *ret_arg(void *arg)
+{
+    return arg;
+}
+
+static void *million(void *arg)
+{
+    (void)arg;
+    enum { N = 1000000 / VOLUME };
+    weft_co **co = malloc(N * sizeof *co);
+    assert_non_null(co);
+    for (uintptr_t i = 0; i < N; i++)
+        assert_int_equal(weft_spawn(&co[i], NULL, ret_arg, (void *)i), 0);
+    uint64_t sum = 0;
+    for (uintptr_t i = 0; i < N; i++) {
+        void *r;
+        assert_int_equal(weft_join(co[i], &r), 0);
+        sum += (uintptr_t)r;
+    }
+    free(co);
+    return (void *)(uintptr_t)(sum == (uint64_t)N * (N - 1) / 2);
+}
+
+static void test_sched_million_spawn_join_sums_right(void **state)
+{
+    (void)state;
+    void *ok = NULL;
+    assert_int_equal(weft_main(&two_workers, million, NULL, &ok), 0);
+    assert_true(ok == (void *)1);
+}
+
+static void *fib(void *arg)
+{
+    intptr_t n = (intptr_t)arg;
+    if (n < 2)
+        return arg;
+    weft_co *c;
+    assert_int_equal(weft_spawn(&c, NULL, fib, (void *)(n - 1)), 0);
+    intptr_t b = (intptr_t)fib((void *)(n - 2));
+    void *a;
+    assert_int_equal(weft_join(c, &a), 0);
+    return (void *)((intptr_t)a + b);
+}
+
+static void test_sched_fork_join_fib_is_right(void **state)
+{
+    (void)state;
+    void *r;
+    assert_int_equal(weft_main(&two_workers, fib, (void *)22, &r), 0);
+    assert_int_equal((intptr_t)r, 17711);
+}
+
+static _Atomic int seen_worker[2];
+static _Atomic int spinners_left;
+
+static void *cpu_bound(void *arg)
+{
+    (void)arg;
+    atomic_store(&seen_worker[weft_worker()], 1);
+    atomic_fetch_sub(&spinners_left, 1);
+    /* Burn CPU without yielding until both workers have a coroutine, so
+     * the second one must be stolen by the other worker. */
+    int64_t until = weft_now() + 2000 * MS;
+    while (atomic_load(&spinners_left) > 0 && weft_now() < until)
+        ;
+    return NULL;
+}
+
+static void *two_cpu_bound(void *arg)
+{
+    (void)arg;
+    weft_co *c[2];
+    for (int i = 0; i < 2; i++)
+        weft_spawn(&c[i], NULL, cpu_bound, NULL);
+    for (int i = 0; i < 2; i++)
+        weft_join(c[i], NULL);
+    return NULL;
+}
+
+static void test_sched_cpu_bound_coroutines_run_on_every_worker(void **state)
+{
+    (void)state;
+    atomic_store(&seen_worker[0], 0);
+    atomic_store(&seen_worker[1], 0);
+    atomic_store(&spinners_left, 2);
+    assert_int_equal(weft_main(&two_workers, two_cpu_bound, NULL, NULL), 0);
+    assert_true(atomic_load(&seen_worker[0]) && atomic_load(&seen_worker[1]));
+}
+
+/* --- plain threads ---------------------------------------------------------------- */
+
+static void *plain_thread(void *arg)
+{
+    (void)arg;
+    uintptr_t sum = 0;
+    for (uintptr_t i = 1; i <= 1000; i++) {
+        weft_co *co;
+        if (weft_spawn(&co, NULL, ret_arg, (void *)i) != 0)
+            return NULL;
+        void *r;
+        if (weft_join(co, &r) != 0)
+            return NULL;
+        sum += (uintptr_t)r;
+    }
+    return (void *)sum;
+}
+
+static void test_sched_plain_thread_spawns_and_joins(void **state)
+{
+    (void)state;
+    assert_int_equal(weft_start(&two_workers), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, plain_thread, NULL);
+    void *sum;
+    pthread_join(t, &sum);
+    assert_int_equal((uintptr_t)sum, 500500);
+    assert_int_equal(weft_stop(), 0);
+}
+
+static _Atomic int detached_done;
+
+static void *detached(void *arg)
+{
+    (void)arg;
+    weft_sleep(1 * MS);
+    atomic_fetch_add(&detached_done, 1);
+    return NULL;
+}
+
+static void test_sched_stop_waits_for_detached_coroutines(void **state)
+{
+    (void)state;
+    atomic_store(&detached_done, 0);
+    assert_int_equal(weft_start(&two_workers), 0);
+    for (int i = 0; i < 10000 / VOLUME; i++)
+        assert_int_equal(weft_spawn(NULL, NULL, detached, NULL), 0);
+    assert_int_equal(weft_stop(), 0);
+    assert_int_equal(atomic_load(&detached_done), 10000 / VOLUME);
+}
+
+static void test_sched_runtime_restarts_after_stop(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 3; round++) {
+        void *r;
+        assert_int_equal(weft_main(&two_workers, fib, (void *)10, &r), 0);
+        assert_int_equal((intptr_t)r, 55);
+    }
+}
+
+/* --- time --------------------------------------------------------------------------- */
+
+static void *sleep_check(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 20; i++) {
+        int64_t deadline = weft_now() + 2 * MS;
+        assert_int_equal(weft_sleep_until(deadline), 0);
+        assert_true(weft_now() >= deadline); /* never early */
+    }
+    return NULL;
+}
+
+static void test_sched_sleep_never_wakes_early_on_idle_workers(void **state)
+{
+    (void)state;
+    assert_int_equal(weft_main(&two_workers, sleep_check, NULL, NULL), 0);
+    /* And on a plain thread. */
+    int64_t deadline = weft_now() + 2 * MS;
+    assert_int_equal(weft_sleep_until(deadline), 0);
+    assert_true(weft_now() >= deadline);
+    assert_int_equal(weft_sleep_until(WEFT_FOREVER), EINVAL);
+}
+
+/* --- generators inside coroutines ----------------------------------------------------- */
+
+static void counting_gen(weft_gen *g, void *arg)
+{
+    (void)arg;
+    for (uintptr_t i = 1; i <= 3; i++) {
+        weft_sleep(1 * MS); /* parks the coroutine inside the generator */
+        weft_gen_yield(g, (void *)i);
+    }
+}
+
+static void *gen_user(void *arg)
+{
+    (void)arg;
+    weft_gen *g;
+    assert_int_equal(weft_gen_make(&g, NULL, counting_gen, NULL), 0);
+    uintptr_t sum = 0;
+    void *v;
+    while (weft_gen_next(g, &v) == 0)
+        sum += (uintptr_t)v;
+    weft_gen_free(g);
+    return (void *)sum;
+}
+
+static void test_sched_generator_may_park_inside_a_coroutine(void **state)
+{
+    (void)state;
+    void *sum;
+    assert_int_equal(weft_main(&two_workers, gen_user, NULL, &sum), 0);
+    assert_int_equal((uintptr_t)sum, 6);
+}
+
+/* --- statistics and identity ------------------------------------------------------------ */
+
+static void *identity(void *arg)
+{
+    (void)arg;
+    assert_non_null(weft_self());
+    assert_true(weft_worker() >= 0 && weft_worker() < (int)weft_workers());
+    weft_stats st;
+    assert_int_equal(weft_stats_get(&st), 0);
+    assert_true(st.spawned >= 1);
+    return NULL;
+}
+
+static void test_sched_self_worker_and_stats_report_the_runtime(void **state)
+{
+    (void)state;
+    assert_null(weft_self());
+    assert_int_equal(weft_worker(), -1);
+    assert_int_equal(weft_workers(), 0);
+    assert_int_equal(weft_start(&two_workers), 0);
+    assert_int_equal(weft_workers(), 2);
+    weft_co *co;
+    assert_int_equal(weft_spawn(&co, NULL, identity, NULL), 0);
+    assert_int_equal(weft_join(co, NULL), 0);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(weft_spawn(&co, NULL, ret_arg, NULL), 0);
+        assert_int_equal(weft_join(co, NULL), 0);
+    }
+    weft_stats st;
+    assert_int_equal(weft_stats_get(&st), 0);
+    assert_int_equal(st.spawned, 101);
+    assert_int_equal(st.finished, 101);
+    assert_true(st.switches >= 101);
+    assert_int_equal(weft_stop(), 0);
+    assert_int_equal(weft_stats_get(&st), EPERM);
+}
+
+/* --- bad input ------------------------------------------------------------------------------- */
+
+static void *inside(void *arg)
+{
+    (void)arg;
+    assert_int_equal(weft_join(weft_self(), NULL), EDEADLK);
+    assert_int_equal(weft_stop(), EDEADLK);
+    assert_int_equal(weft_start(NULL), EDEADLK);
+    weft_ctx *c;
+    assert_int_equal(weft_ctx_make(&c, 0, ret_arg), EPERM);
+    weft_co *co;
+    assert_int_equal(weft_spawn(&co, NULL, ret_arg, NULL), 0);
+    assert_int_equal(weft_detach(co), 0);
+    assert_int_equal(weft_join(co, NULL), EINVAL); /* detached */
+    assert_int_equal(weft_spawn(&co, NULL, ret_arg, NULL), 0);
+    assert_int_equal(weft_join(co, NULL), 0);
+    return NULL;
+}
+
+static void test_sched_bad_input_gets_error_codes(void **state)
+{
+    (void)state;
+    weft_co *co;
+    assert_int_equal(weft_spawn(&co, NULL, ret_arg, NULL), EPERM);
+    assert_int_equal(weft_join((weft_co *)&co, NULL), EPERM);
+    assert_int_equal(weft_detach((weft_co *)&co), EPERM);
+    assert_int_equal(weft_stop(), EPERM);
+    assert_int_equal(weft_stats_get(NULL), EINVAL);
+    assert_int_equal(weft_main(NULL, NULL, NULL, NULL), EINVAL);
+    weft_config bad = { .pin = 7 };
+    assert_int_equal(weft_start(&bad), EINVAL);
+
+    assert_int_equal(weft_start(&two_workers), 0);
+    assert_int_equal(weft_start(&two_workers), EALREADY);
+    assert_int_equal(weft_spawn(&co, NULL, NULL, NULL), EINVAL);
+    assert_int_equal(weft_join(NULL, NULL), EINVAL);
+    assert_int_equal(weft_detach(NULL), EINVAL);
+    assert_int_equal(weft_spawn(&co, NULL, inside, NULL), 0);
+    assert_int_equal(weft_join(co, NULL), 0);
+    assert_int_equal(weft_stop(), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sched_sleepers_overlap_and_wake_in_deadline_order),
+        cmocka_unit_test(test_sched_yield_interleaves_strictly_on_one_worker),
+        cmocka_unit_test(test_sched_million_spawn_join_sums_right),
+        cmocka_unit_test(test_sched_fork_join_fib_is_right),
+        cmocka_unit_test(test_sched_cpu_bound_coroutines_run_on_every_worker),
+        cmocka_unit_test(test_sched_plain_thread_spawns_and_joins),
+        cmocka_unit_test(test_sched_stop_waits_for_detached_coroutines),
+        cmocka_unit_test(test_sched_runtime_restarts_after_stop),
+        cmocka_unit_test(test_sched_sleep_never_wakes_early_on_idle_workers),
+        cmocka_unit_test(test_sched_generator_may_park_inside_a_coroutine),
+        cmocka_unit_test(test_sched_self_worker_and_stats_report_the_runtime),
+        cmocka_unit_test(test_sched_bad_input_gets_error_codes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
