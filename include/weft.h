@@ -167,6 +167,187 @@ WEFT_API int weft_gen_yield_from(weft_gen *g, weft_gen *inner);
 WEFT_API void weft_gen_free(weft_gen *g);
 
 /* ===================================================================== */
+/* Channels                                                              */
+/* ===================================================================== */
+
+/* Go's channels: values of elem_size bytes are copied in and out. A
+ * channel of capacity 0 is a rendezvous (a send completes only when a
+ * receiver takes the value); capacity N buffers up to N values. Any
+ * number of senders and receivers, on any workers and plain threads.
+ * Waiters are served in FIFO order. A coroutine that waits parks; a plain
+ * thread blocks. None of these calls needs a running runtime. */
+typedef struct weft_chan weft_chan;
+
+/* Makes a channel for values of elem_size bytes with room for capacity
+ * buffered values (0: rendezvous). Any thread.
+ * Returns 0; EINVAL if ch is NULL or elem_size is 0; ENOMEM. */
+WEFT_API int weft_chan_make(weft_chan **ch, size_t elem_size, size_t capacity);
+
+/* Sends a copy of the elem_size bytes at elem, waiting until a receiver
+ * takes it (capacity 0) or there is room in the buffer, or until deadline.
+ * Any thread.
+ * Returns 0; ETIMEDOUT at deadline (a passed deadline: if it cannot
+ * complete at once); EPIPE if ch is closed, or closed while waiting (the
+ * value was not sent); EINVAL if ch or elem is NULL. */
+WEFT_API int weft_chan_send(weft_chan *ch, const void *elem, int64_t deadline);
+
+/* Receives one value into the elem_size bytes at elem, waiting until one
+ * is buffered or a sender offers one, or until deadline. After a close,
+ * buffered values are still received. Any thread.
+ * Returns 0; ETIMEDOUT at deadline; EPIPE once ch is closed and drained;
+ * EINVAL if ch or elem is NULL. */
+WEFT_API int weft_chan_recv(weft_chan *ch, void *elem, int64_t deadline);
+
+/* Closes ch: every waiting sender gets EPIPE, every waiting receiver gets
+ * EPIPE (receivers wait only when nothing is buffered), later sends get
+ * EPIPE, later receives drain the buffer and then get EPIPE. Any thread.
+ * Returns 0; EPIPE if already closed; EINVAL if ch is NULL. */
+WEFT_API int weft_chan_close(weft_chan *ch);
+
+/* Frees ch, open or closed, with any values still buffered, unless a
+ * caller is waiting on it (sending, receiving or in weft_select): then
+ * nothing is freed. Nobody may use ch afterwards. Any thread.
+ * Returns 0; EBUSY if ch has waiters (ch is left as it was); EINVAL if ch
+ * is NULL. */
+WEFT_API int weft_chan_free_checked(weft_chan *ch);
+
+/* weft_chan_free_checked without the result: does nothing for NULL or for
+ * a channel with waiters (see there). Any thread. */
+WEFT_API void weft_chan_free(weft_chan *ch);
+
+enum { WEFT_SEND = 1, WEFT_RECV = 2 };
+
+/* One case of weft_select: send the value at elem on ch, or receive into
+ * elem (NULL: receive and drop the value). err is set for the case that
+ * completes. */
+typedef struct weft_case {
+    weft_chan *ch; /* NULL: never ready (as Go's nil channel) */
+    int op;        /* WEFT_SEND or WEFT_RECV */
+    void *elem;
+    int err;       /* out: 0, or EPIPE when ch was closed */
+} weft_case;
+
+/* Waits until at least one of the n cases can complete, then completes
+ * exactly one: chosen uniformly at random among those ready at that moment.
+ * A closed channel counts as ready (that case gets err EPIPE; a receive
+ * from a closed channel still drains buffered values first). Sets *done to
+ * the case's index and cases[*done].err. A case whose ch is NULL is never
+ * ready; n == 0 (or only NULL channels) waits for the deadline, and with
+ * WEFT_FOREVER never returns (as Go's empty select). Any thread.
+ * Returns 0; ETIMEDOUT at deadline (*done and the cases' err untouched);
+ * EINVAL if done is NULL, cases is NULL with n > 0, an op is neither
+ * WEFT_SEND nor WEFT_RECV, or a send case on a channel has a NULL elem;
+ * ENOMEM (more than 8 cases need scratch memory). */
+WEFT_API int weft_select(weft_case *cases, size_t n, int64_t deadline, size_t *done);
+
+/* ===================================================================== */
+/* Synchronisation                                                       */
+/* ===================================================================== */
+
+/* Mutex, condition variable, waitgroup and semaphore. They work in
+ * coroutines (which park) and on plain threads (which block), with or
+ * without a running runtime, and may be mixed between the two. The types
+ * are complete so they can be static, embedded or allocated, but their
+ * fields are private. Initialise with the WEFT_*_INIT initialisers or the
+ * _init calls; there is nothing to destroy (none may be in use when its
+ * memory goes). Waiters are served in FIFO order, with direct hand-off:
+ * an unlocked mutex or a posted unit goes to the oldest waiter, so no
+ * waiter starves. EINVAL for a NULL object everywhere. */
+
+typedef struct weft_mutex {
+    unsigned weft_lock_;
+    unsigned weft_state_;
+    void *weft_owner_;
+    void *weft_head_;
+    void *weft_tail_;
+} weft_mutex;
+#define WEFT_MUTEX_INIT { 0, 0, NULL, NULL, NULL }
+
+/* Initialises m unlocked. Returns 0; EINVAL. */
+WEFT_API int weft_mutex_init(weft_mutex *m);
+
+/* Locks m, waiting (without deadline) while someone else holds it. The
+ * owner is the calling coroutine (it may move between workers while
+ * holding m), or on a plain thread the thread. Not recursive. Any thread.
+ * Returns 0; EDEADLK if the caller already holds m; EINVAL. */
+WEFT_API int weft_mutex_lock(weft_mutex *m);
+
+/* Locks m if it is free, without waiting. Any thread.
+ * Returns 0; EBUSY if m is held (also by the caller); EINVAL. */
+WEFT_API int weft_mutex_trylock(weft_mutex *m);
+
+/* Unlocks m; with waiters, the oldest becomes the owner at once. Any
+ * thread. Returns 0; EPERM if the caller does not hold m (or nobody
+ * does); EINVAL. */
+WEFT_API int weft_mutex_unlock(weft_mutex *m);
+
+typedef struct weft_cond {
+    unsigned weft_lock_;
+    void *weft_head_;
+    void *weft_tail_;
+} weft_cond;
+#define WEFT_COND_INIT { 0, NULL, NULL }
+
+/* Initialises c with no waiters. Returns 0; EINVAL. */
+WEFT_API int weft_cond_init(weft_cond *c);
+
+/* Atomically releases m (which the caller holds) and waits for a signal,
+ * a broadcast or deadline; then locks m again before returning, whatever
+ * the result. May wake spuriously: re-check the condition in a loop. Any
+ * thread. Returns 0; ETIMEDOUT at deadline (a passed deadline returns it
+ * at once, m held throughout); EPERM if the caller does not hold m;
+ * EINVAL if c or m is NULL. */
+WEFT_API int weft_cond_wait(weft_cond *c, weft_mutex *m, int64_t deadline);
+
+/* Wakes the oldest waiter of c, if any. Any thread. Returns 0; EINVAL. */
+WEFT_API int weft_cond_signal(weft_cond *c);
+
+/* Wakes every waiter of c. Any thread. Returns 0; EINVAL. */
+WEFT_API int weft_cond_broadcast(weft_cond *c);
+
+typedef struct weft_wg {
+    unsigned weft_lock_;
+    int weft_count_;
+    void *weft_head_;
+    void *weft_tail_;
+} weft_wg;
+#define WEFT_WG_INIT { 0, 0, NULL, NULL }
+
+/* Initialises g with a count of 0. Returns 0; EINVAL. */
+WEFT_API int weft_wg_init(weft_wg *g);
+
+/* Adds delta (may be negative) to g's count; when it reaches 0, every
+ * waiter is woken. Any thread. Returns 0; EINVAL if g is NULL or the count
+ * would go below 0 or above INT_MAX (the count is unchanged). */
+WEFT_API int weft_wg_add(weft_wg *g, int delta);
+
+/* weft_wg_add(g, -1). */
+WEFT_API int weft_wg_done(weft_wg *g);
+
+/* Waits until g's count is 0 (returns at once if it is), or until
+ * deadline. Any thread. Returns 0; ETIMEDOUT; EINVAL. */
+WEFT_API int weft_wg_wait(weft_wg *g, int64_t deadline);
+
+typedef struct weft_sem {
+    unsigned weft_lock_;
+    unsigned weft_count_;
+    void *weft_head_;
+    void *weft_tail_;
+} weft_sem;
+#define WEFT_SEM_INIT(n) { 0, (n), NULL, NULL }
+
+/* Initialises s with n units. Returns 0; EINVAL. */
+WEFT_API int weft_sem_init(weft_sem *s, unsigned n);
+
+/* Takes one unit, waiting until one is posted or until deadline. Any
+ * thread. Returns 0; ETIMEDOUT; EINVAL. */
+WEFT_API int weft_sem_wait(weft_sem *s, int64_t deadline);
+
+/* Posts one unit: to the oldest waiter if there is one, else to the count.
+ * Any thread. Returns 0; EOVERFLOW if the count is at UINT_MAX; EINVAL. */
+WEFT_API int weft_sem_post(weft_sem *s);
+
+/* ===================================================================== */
 /* Observability                                                         */
 /* ===================================================================== */
 
