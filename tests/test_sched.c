@@ -79,7 +79,7 @@ static void test_sched_sleepers_overlap_and_wake_in_deadline_order(void **state)
     int64_t took = weft_now() - start;
     assert_string_equal(out, "135462");
     assert_true(took >= 300 * MS);
-    assert_true(took < 500 * MS); /* 300 ms, not 700 */
+    assert_true(took < 650 * MS); /* 300 ms, not 700 (sanitizers are slow) */
 }
 
 static void *counter_task(void *arg)

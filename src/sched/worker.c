@@ -327,11 +327,18 @@ static weft_co *find_work(weft__worker *w)
     for (;;) {
         run_timers(w, false);
         weft_co *co = local_next(w);
-        if (co)
+        if (!co) {
+            run_timers(w, true);
+            if ((co = local_next(w)) == NULL)
+                co = inject_take(w);
+        }
+        if (co) {
+            /* A worker woken as a spinner may find work before it steals:
+             * it must stop counting as spinning, or weft__notify would
+             * keep trusting a spinner that is busy running coroutines. */
+            stop_spinning(w, true);
             return co;
-        run_timers(w, true);
-        if ((co = local_next(w)) != NULL || (co = inject_take(w)) != NULL)
-            return co;
+        }
         if (weft__rt.nworkers > 1) {
             if (!w->spinning) {
                 unsigned spinning = atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed);
