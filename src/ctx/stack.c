@@ -73,7 +73,7 @@ extern WEFT_TLS weft__fiber *weft__tls_fiber; /* ctx.c */
 static size_t page_bytes;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
 /* Relaxed: configuration, set before the runtime's threads read it. */
-static _Atomic size_t default_bytes;
+_Atomic size_t weft__stack_default_bytes;
 static _Atomic size_t env_bytes;        /* WEFT_STACK_SIZE, 0 if unset */
 static _Atomic unsigned mode;           /* enum weft__guard_mode for new stacks */
 static long mprotect_budget;
@@ -129,7 +129,7 @@ static void setup(void)
     const char *env = getenv("WEFT_STACK_SIZE");
     size_t from_env = env ? parse_size(env) : 0;
     atomic_store(&env_bytes, from_env);
-    atomic_store(&default_bytes, round_pages(from_env ? from_env : DEFAULT_BYTES));
+    atomic_store(&weft__stack_default_bytes, round_pages(from_env ? from_env : DEFAULT_BYTES));
 
     long max_maps = 65530;
     FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
@@ -168,15 +168,16 @@ static size_t round_pages(size_t bytes)
 
 size_t weft__stack_round(size_t bytes)
 {
-    ensure_setup();
     if (bytes == 0)
-        return atomic_load_explicit(&default_bytes, memory_order_relaxed);
+        return weft__stack_default_size();
+    ensure_setup();
     return round_pages(bytes);
 }
 
-size_t weft__stack_default_size(void)
+size_t weft__stack_default_size_slow(void)
 {
-    return weft__stack_round(0);
+    ensure_setup();
+    return atomic_load_explicit(&weft__stack_default_bytes, memory_order_relaxed);
 }
 
 void weft__stack_set_default(size_t bytes)
@@ -184,7 +185,7 @@ void weft__stack_set_default(size_t bytes)
     ensure_setup();
     size_t env = atomic_load(&env_bytes);
     size_t want = env ? env : (bytes ? bytes : DEFAULT_BYTES);
-    atomic_store_explicit(&default_bytes, weft__stack_round(want), memory_order_relaxed);
+    atomic_store_explicit(&weft__stack_default_bytes, weft__stack_round(want), memory_order_relaxed);
 }
 
 unsigned weft__stack_mode(void)

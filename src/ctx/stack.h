@@ -28,8 +28,16 @@ typedef struct weft__stack {
 #define WEFT__STACK_CANARY UINT64_C(0x7765667463616e61) /* "weftcana" */
 
 /* The default usable size (256 KiB, or WEFT_STACK_SIZE, or set by
- * weft_start's config). */
-size_t weft__stack_default_size(void);
+ * weft_start's config). Read on every spawn and join: the fast path is an
+ * inline load, the slow path sets things up once. */
+extern _Atomic size_t weft__stack_default_bytes;
+size_t weft__stack_default_size_slow(void);
+static inline size_t weft__stack_default_size(void)
+{
+    /* Relaxed: configuration written before the runtime's threads start. */
+    size_t bytes = atomic_load_explicit(&weft__stack_default_bytes, memory_order_relaxed);
+    return WEFT_LIKELY(bytes) ? bytes : weft__stack_default_size_slow();
+}
 void weft__stack_set_default(size_t bytes);
 /* Rounds a requested size up to whole pages; 0 means the default. */
 size_t weft__stack_round(size_t bytes);

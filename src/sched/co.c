@@ -30,7 +30,6 @@
 
 #define FREE_MAX 256
 
-void weft__live_dec(void); /* worker.c */
 
 static weft_co *co_alloc(weft__worker *w)
 {
@@ -96,7 +95,7 @@ void weft__co_finished(weft__worker *w, weft_co *co)
         if (weft__waiter_claim(old))
             weft__waiter_wake(old, true);
     }
-    weft__live_dec();
+    weft__live_dec(w);
 }
 
 int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *arg)
@@ -112,7 +111,12 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     weft_co *co = co_alloc(w);
     if (!co)
         return ENOMEM;
-    memset(co, 0, sizeof *co);
+    /* Only what a fresh coroutine reads: the fiber is set up at its
+     * first run (worker.c), the rest when it parks or ends. */
+    co->fiber.stack = NULL;
+    co->resume = NULL;
+    co->result = NULL;
+    co->name = NULL;
     if (attr && attr->name) {
         size_t len = strlen(attr->name) + 1;
         co->name = weft__alloc(len);
@@ -128,9 +132,8 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     atomic_init(&co->join, out ? NULL : WEFT__JOIN_DETACHED);
     if (out)
         *out = co;
-    /* Relaxed: only the count matters; weft__live_dec orders the end. */
-    atomic_fetch_add_explicit(&weft__rt.live, 1, memory_order_relaxed);
-    return weft__submit(co);
+    weft__live_inc(w);
+    return weft__submit(w, co);
 }
 
 static bool can_inline(weft_co *child)
@@ -140,7 +143,8 @@ static bool can_inline(weft_co *child)
         return false;
     char here;
     size_t left = (size_t)(&here - (char *)f->lo);
-    size_t need = weft__stack_round(child->stack_size);
+    size_t need = child->stack_size ? weft__stack_round(child->stack_size)
+                                    : weft__stack_default_size();
     return left >= need / 2;
 }
 
@@ -153,7 +157,7 @@ static void run_inline(weft__worker *w, weft_co *self, weft_co *child)
     w = weft__worker_self();
     w->current = self;
     weft__count(&w->stats.finished);
-    weft__live_dec();
+    weft__live_dec(w);
 }
 
 struct join_args {

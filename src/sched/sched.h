@@ -80,6 +80,9 @@ typedef struct weft__worker {
     struct weft__waiter **timers;
     size_t timers_len, timers_cap;
     _Atomic int64_t timer_next;      /* earliest deadline, INT64_MAX if none */
+    /* Live-count credit (owner only): units of weft__rt.live this worker
+     * reserved and has not used for a live coroutine yet. */
+    long live_credit;
     /* Recycled descriptors (owner only). */
     weft_co *free_cos;
     unsigned free_count;
@@ -114,14 +117,18 @@ typedef struct weft__runtime {
     _Atomic int state;               /* 0 stopped, 1 running, 2 stopping */
     unsigned nworkers;
     weft__worker **workers;
-    _Atomic long live;               /* coroutines spawned and not finished */
+    /* Coroutines alive plus the credit workers hold (see weft__live_*):
+     * never below the true count, so 0 means nothing is alive. Alone on
+     * its cache line: spawns and ends on every worker touch it. */
+    _Alignas(WEFT_CACHELINE) _Atomic long live;
+    char live_pad[WEFT_CACHELINE - sizeof(long)];
     _Atomic uint64_t spawned_outside;/* spawns from plain threads */
     /* Injection queue: spawns and wake-ups from plain threads. */
     weft__lock inject_lock;
     weft_co *inject_head, *inject_tail;
     _Atomic long inject_len;
     /* Idle workers. */
-    weft__lock idle_lock;
+    _Alignas(WEFT_CACHELINE) weft__lock idle_lock;
     unsigned *idle;                  /* stack of sleeping worker indexes */
     unsigned idle_len;
     _Atomic unsigned sleeping, spinning;
@@ -135,6 +142,17 @@ extern weft__runtime weft__rt;
  * weft__fiber_current. */
 WEFT_NOINLINE weft__worker *weft__worker_self(void);
 
+/* --- the live count (worker.c) ------------------------------------------
+ * A global atomic touched by every spawn and every end would bounce one
+ * cache line between all workers. Workers instead reserve live units in
+ * batches (credit) and account spawns and ends against their credit,
+ * returning the surplus, and all of it before they sleep. The global
+ * count is always at least the number of live coroutines, and reaches 0
+ * only when none is alive and every worker is idle. */
+void weft__live_inc(weft__worker *w);   /* w NULL: a plain thread */
+void weft__live_dec(weft__worker *w);
+void weft__live_return(weft__worker *w); /* gives all credit back */
+
 /* --- coroutines (co.c) -------------------------------------------------- */
 void weft__co_free(weft__worker *w, weft_co *co);
 void weft__co_finished(weft__worker *w, weft_co *co);
@@ -147,8 +165,9 @@ void weft__co_entry(void *value, void *arg);
  * on a plain thread: through the injection queue. Wakes an idle worker
  * when the work can be stolen. */
 void weft__ready(weft_co *co, bool next);
-/* Queues a new coroutine: on the calling worker's queue, or injected. */
-int weft__submit(weft_co *co);
+/* Queues a new coroutine: on worker w's queue (w: the caller's), or
+ * injected when w is NULL (a plain thread). */
+int weft__submit(weft__worker *w, weft_co *co);
 /* Wakes a sleeping worker if there is one and nobody is spinning. */
 void weft__notify(void);
 

@@ -191,6 +191,7 @@ static void stop_spinning(weft__worker *w, bool found_work)
 static void sleep_worker(weft__worker *w)
 {
     stop_spinning(w, false);
+    weft__live_return(w); /* so weft_stop can see 0 while we sleep */
     atomic_store_explicit(&w->wake_word, 0, memory_order_relaxed);
     weft__lock_acquire(&weft__rt.idle_lock);
     weft__rt.idle[weft__rt.idle_len++] = w->index;
@@ -425,6 +426,7 @@ static void *worker_main(void *arg)
     weft_co *co;
     while ((co = find_work(w)) != NULL)
         run(w, co);
+    weft__live_return(w);
     weft__co_cache_drain(w);
     tls_worker = NULL;
     weft__tls_on_worker = 0;
@@ -455,9 +457,8 @@ void weft__ready(weft_co *co, bool next)
         weft__notify();
 }
 
-int weft__submit(weft_co *co)
+int weft__submit(weft__worker *w, weft_co *co)
 {
-    weft__worker *w = weft__worker_self();
     if (!w) {
         atomic_fetch_add_explicit(&weft__rt.spawned_outside, 1, memory_order_relaxed);
         inject_push(co);
@@ -613,14 +614,46 @@ fail:
     return err;
 }
 
-/* Called by every coroutine's end (co.c). */
-void weft__live_dec(void)
+#define CREDIT_BATCH 64
+
+static void live_sub(long n)
 {
     /* Seq_cst: against weft_stop's store of state then load of live. */
-    if (atomic_fetch_sub_explicit(&weft__rt.live, 1, memory_order_seq_cst) == 1 &&
+    if (atomic_fetch_sub_explicit(&weft__rt.live, n, memory_order_seq_cst) == n &&
         atomic_load_explicit(&weft__rt.state, memory_order_seq_cst) == 2) {
         atomic_store(&weft__rt.quiescent, 1);
         weft__futex_wake(&weft__rt.quiescent, 1);
+    }
+}
+
+void weft__live_inc(weft__worker *w)
+{
+    if (!w) {
+        /* Relaxed: only the count matters; live_sub orders the end. */
+        atomic_fetch_add_explicit(&weft__rt.live, 1, memory_order_relaxed);
+        return;
+    }
+    if (w->live_credit == 0) {
+        atomic_fetch_add_explicit(&weft__rt.live, CREDIT_BATCH, memory_order_relaxed);
+        w->live_credit = CREDIT_BATCH;
+    }
+    w->live_credit--;
+}
+
+void weft__live_dec(weft__worker *w)
+{
+    if (++w->live_credit > 2 * CREDIT_BATCH) {
+        live_sub(w->live_credit - CREDIT_BATCH);
+        w->live_credit = CREDIT_BATCH;
+    }
+}
+
+void weft__live_return(weft__worker *w)
+{
+    if (w->live_credit) {
+        long n = w->live_credit;
+        w->live_credit = 0;
+        live_sub(n);
     }
 }
 
