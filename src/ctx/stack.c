@@ -64,8 +64,8 @@
 #define GUARD_BYTES ((size_t)64 * 1024)
 #define DEFAULT_BYTES ((size_t)256 * 1024)
 #define MIN_BYTES ((size_t)16 * 1024)
-#define CACHE_MAX 32
-#define POOL_MAX 1024
+#define CACHE_MAX 64
+#define POOL_KEEP 1024
 #define BATCH 32
 
 extern WEFT_TLS weft__fiber *weft__tls_fiber; /* ctx.c */
@@ -81,7 +81,7 @@ static long mprotect_budget;
 static _Atomic long mprotect_live;
 
 static weft__lifo pool = WEFT__LIFO_INIT;     /* default-size stacks */
-static _Atomic long pool_count;               /* relaxed: a soft bound */
+static _Atomic long pool_count;               /* relaxed: a trim hint */
 static weft__lifo spare = WEFT__LIFO_INIT;    /* descriptors without stacks */
 
 static WEFT_TLS weft__stack *cache;
@@ -105,6 +105,7 @@ static size_t parse_size(const char *s)
 
 static void flush_cache(void *unused);
 static size_t round_pages(size_t bytes);
+static void cache_push(struct weft__stack *s);
 
 /* True when the guard just installed at p really faults. An emulator may
  * accept the madvise and do nothing (qemu-user 7.2 returns 0 for advice it
@@ -314,12 +315,9 @@ int weft__stack_get(size_t bytes, weft__stack **out)
         s = map_stacks(size, BATCH);
         if (!s)
             return ENOMEM;
-        pthread_setspecific(thread_key, &cache); /* so thread exit flushes */
         for (weft__stack *rest = s->next; rest;) {
             weft__stack *n = rest->next;
-            rest->next = cache;
-            cache = rest;
-            cache_count++;
+            cache_push(rest);
             rest = n;
         }
         goto found;
@@ -335,28 +333,85 @@ found:
     return 0;
 }
 
+static void cache_push(weft__stack *s)
+{
+    if (!cache)
+        pthread_setspecific(thread_key, &cache); /* so thread exit flushes */
+    s->next = cache;
+    cache = s;
+    cache_count++;
+}
+
+static void pool_push(weft__stack *s)
+{
+    atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+    weft__lifo_push(&pool, &s->link);
+}
+
 void weft__stack_put(weft__stack *s)
 {
     if (!s)
         return;
-    if (s->size == weft__stack_default_size()) {
-        if (cache_count < CACHE_MAX) {
-            pthread_setspecific(thread_key, &cache);
-            s->next = cache;
-            cache = s;
-            cache_count++;
-            return;
-        }
-        if (atomic_load_explicit(&pool_count, memory_order_relaxed) < POOL_MAX) {
-            atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
-            weft__lifo_push(&pool, &s->link);
-            return;
-        }
+    if (s->size != weft__stack_default_size()) {
+        release(s);
+        return;
     }
-    release(s);
+    /* Never unmap here: a munmap is a TLB shootdown on every core running
+     * this process, far too dear on the path of every ending coroutine
+     * (it made the `timers` workload 10x slower). Idle workers trim the
+     * pool instead (weft__stack_trim). */
+    if (cache_count < CACHE_MAX)
+        cache_push(s);
+    else
+        pool_push(s);
 }
 
-/* Thread exit: the cached stacks go to the shared pool (or are unmapped). */
+static int by_address(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)(*(weft__stack *const *)a)->map;
+    uintptr_t y = (uintptr_t)(*(weft__stack *const *)b)->map;
+    return (x > y) - (x < y);
+}
+
+unsigned weft__stack_trim(unsigned most)
+{
+    unsigned done = 0;
+    while (done < most && atomic_load_explicit(&pool_count, memory_order_relaxed) > POOL_KEEP) {
+        weft__stack *batch[64];
+        unsigned n = 0;
+        while (n < 64 && done + n < most) {
+            weft__stack *s = (weft__stack *)weft__lifo_pop(&pool);
+            if (!s)
+                break;
+            atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+            batch[n++] = s;
+        }
+        if (n == 0)
+            break;
+        /* Stacks mapped together sit side by side: one munmap a run. */
+        qsort(batch, n, sizeof batch[0], by_address);
+        for (unsigned i = 0; i < n;) {
+            unsigned j = i + 1;
+            char *end = (char *)batch[i]->map + batch[i]->map_bytes;
+            while (j < n && batch[j]->map == end) {
+                end += batch[j]->map_bytes;
+                j++;
+            }
+            munmap(batch[i]->map, (size_t)(end - (char *)batch[i]->map));
+            for (unsigned k = i; k < j; k++) {
+                if (batch[k]->mode == WEFT__GUARD_MPROTECT)
+                    atomic_fetch_sub_explicit(&mprotect_live, 1, memory_order_relaxed);
+                batch[k]->map = NULL;
+                weft__lifo_push(&spare, &batch[k]->link);
+            }
+            i = j;
+        }
+        done += n;
+    }
+    return done;
+}
+
+/* Thread exit: the cached stacks go to the shared pool. */
 static void flush_cache(void *unused)
 {
     (void)unused;
@@ -364,12 +419,7 @@ static void flush_cache(void *unused)
         weft__stack *s = cache;
         cache = s->next;
         cache_count--;
-        if (atomic_load_explicit(&pool_count, memory_order_relaxed) < POOL_MAX) {
-            atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
-            weft__lifo_push(&pool, &s->link);
-        } else {
-            release(s);
-        }
+        pool_push(s);
     }
 }
 

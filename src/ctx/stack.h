@@ -44,8 +44,13 @@ size_t weft__stack_round(size_t bytes);
 
 /* A stack of at least `bytes` usable (0: the default). 0, or ENOMEM. */
 int weft__stack_get(size_t bytes, weft__stack **out);
-/* Back to the pool, or unmapped. */
+/* Back to the calling thread's cache or the shared pool (a stack of
+ * another size than the default is unmapped). */
 void weft__stack_put(weft__stack *s);
+/* Unmaps pooled stacks beyond the pool's target size (1024), at most
+ * `most` of them; returns how many. For idle moments: idle workers and
+ * weft_stop call it. */
+unsigned weft__stack_trim(unsigned most);
 
 /* Aborts with the overflow report when a canary stack's canary is gone. */
 void weft__stack_check(const weft__stack *s, const char *kind, const char *name);

@@ -17,6 +17,14 @@
 struct weft__worker;
 struct weft__waiter;
 
+/* A timer heap entry: the deadline sits in the heap array itself, so
+ * ordering the heap never touches the waiters (each on its own stack
+ * page: a cache and TLB miss per look). */
+struct weft__timer_entry {
+    int64_t deadline;
+    struct weft__waiter *waiter;
+};
+
 /* Why a coroutine switched back to its worker's scheduler. */
 enum weft__why { WEFT__WHY_YIELD = 1, WEFT__WHY_PARK, WEFT__WHY_DONE };
 
@@ -60,11 +68,13 @@ typedef struct weft__counters {
 } weft__counters;
 
 typedef struct weft__worker {
-    weft__deque deque;               /* its run queue (deque.c) */
+    weft__deque deque;               /* spawned and yielding coroutines (deque.c) */
+    weft__deque wakeq;               /* woken coroutines: served first, within a bound */
     weft__fiber fiber;               /* the scheduler's own stack */
     weft_co *current;                /* running coroutine (owner only) */
     weft_co *runnext;                /* woken coroutine to run next (owner only) */
     unsigned runnext_streak;         /* consecutive runnext runs (starvation bound) */
+    unsigned wake_streak;            /* consecutive wakeq runs (starvation bound) */
     unsigned index;
     uint64_t tick;                   /* scheduling rounds */
     uint64_t rng;                    /* victim randomisation (xorshift) */
@@ -77,7 +87,7 @@ typedef struct weft__worker {
     /* Timers (timer.c): a binary min-heap of waiters by deadline, guarded
      * by timer_lock (the owner inserts and fires; others only remove). */
     weft__lock timer_lock;
-    struct weft__waiter **timers;
+    struct weft__timer_entry *timers;
     size_t timers_len, timers_cap;
     _Atomic int64_t timer_next;      /* earliest deadline, INT64_MAX if none */
     /* Live-count credit (owner only): units of weft__rt.live this worker
@@ -161,7 +171,8 @@ void weft__co_entry(void *value, void *arg);
 
 /* --- scheduling (worker.c) ---------------------------------------------- */
 /* Makes a parked coroutine runnable. On a worker: it runs next there
- * (handoff) when `next` is true, else at the back of the worker's queue;
+ * (handoff) when `next` is true, else at the back of the worker's wake
+ * queue, which is served before spawned coroutines (within a bound);
  * on a plain thread: through the injection queue. Wakes an idle worker
  * when the work can be stolen. */
 void weft__ready(weft_co *co, bool next);
@@ -200,7 +211,8 @@ bool weft__deadline_pending(int64_t deadline);
 int weft__timer_add(weft__worker *wk, weft__waiter *w);
 /* Removes w from whichever heap holds it, if any (any thread). */
 void weft__timer_cancel(weft__waiter *w);
-/* Fires the due timers of wk (owner only). Returns the earliest remaining
+/* Fires the due timers of wk (its owner, or a thief when wk is busy),
+ * readying their coroutines on the calling worker. Returns the earliest remaining
  * deadline, INT64_MAX if none. */
 int64_t weft__timer_run(weft__worker *wk, int64_t now);
 void weft__timer_destroy(weft__worker *wk);

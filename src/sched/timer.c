@@ -1,11 +1,12 @@
 /* Time: weft_now, weft_sleep, and each worker's timer heap.
  *
  * Every wait with a deadline puts its waiter in the heap of the worker it
- * parks on: a binary min-heap of waiter pointers ordered by deadline, each
- * waiter knowing its index so it can be removed in O(log n). The owner
+ * parks on: a 4-ary min-heap of (deadline, waiter) entries, each waiter
+ * knowing its index so it can be removed in O(log n). The owner
  * adds and fires; a waiter woken by someone else removes itself from
- * whatever heap holds it, from any worker, hence a lock per heap (almost
- * never contended: a remote removal is the only other party). Idle workers
+ * whatever heap holds it, from any worker, and an idle worker fires the
+ * due timers of a busy one (worker.c's steal_from): hence a lock per heap,
+ * almost never contended. Idle workers
  * sleep until their heap's earliest deadline, so timers fire on time even
  * when every worker is idle.
  *
@@ -30,61 +31,66 @@ int64_t weft_now(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void set_at(weft__worker *wk, size_t i, weft__waiter *w)
+/* A 4-ary heap: half the levels of a binary one, and the four children
+ * of a node share a cache line (16-byte entries). */
+#define ARITY 4
+
+static void set_at(weft__worker *wk, size_t i, struct weft__timer_entry e)
 {
-    wk->timers[i] = w;
-    w->timer_index = (intptr_t)i;
+    wk->timers[i] = e;
+    e.waiter->timer_index = (intptr_t)i;
 }
 
 static void sift_up(weft__worker *wk, size_t i)
 {
-    weft__waiter *w = wk->timers[i];
+    struct weft__timer_entry e = wk->timers[i];
     while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (wk->timers[parent]->deadline <= w->deadline)
+        size_t parent = (i - 1) / ARITY;
+        if (wk->timers[parent].deadline <= e.deadline)
             break;
         set_at(wk, i, wk->timers[parent]);
         i = parent;
     }
-    set_at(wk, i, w);
+    set_at(wk, i, e);
 }
 
 static void sift_down(weft__worker *wk, size_t i)
 {
-    weft__waiter *w = wk->timers[i];
+    struct weft__timer_entry e = wk->timers[i];
     size_t n = wk->timers_len;
     for (;;) {
-        size_t child = 2 * i + 1;
-        if (child >= n)
+        size_t first = ARITY * i + 1, best = first;
+        if (first >= n)
             break;
-        if (child + 1 < n && wk->timers[child + 1]->deadline < wk->timers[child]->deadline)
-            child++;
-        if (wk->timers[child]->deadline >= w->deadline)
+        size_t end = first + ARITY < n ? first + ARITY : n;
+        for (size_t c = first + 1; c < end; c++)
+            if (wk->timers[c].deadline < wk->timers[best].deadline)
+                best = c;
+        if (wk->timers[best].deadline >= e.deadline)
             break;
-        set_at(wk, i, wk->timers[child]);
-        i = child;
+        set_at(wk, i, wk->timers[best]);
+        i = best;
     }
-    set_at(wk, i, w);
+    set_at(wk, i, e);
 }
 
 static void publish_next(weft__worker *wk)
 {
-    /* Relaxed: a hint for the owner's loop; the heap itself is read under
-     * the lock. */
+    /* Relaxed: a hint for the owner's loop and for thieves; the heap itself
+     * is read under the lock. */
     atomic_store_explicit(&wk->timer_next,
-                          wk->timers_len ? wk->timers[0]->deadline : INT64_MAX,
+                          wk->timers_len ? wk->timers[0].deadline : INT64_MAX,
                           memory_order_relaxed);
 }
 
 static void remove_at(weft__worker *wk, size_t i)
 {
-    weft__waiter *w = wk->timers[i];
-    w->timer_index = -1;
+    wk->timers[i].waiter->timer_index = -1;
     size_t last = --wk->timers_len;
     if (i != last) {
-        weft__waiter *moved = wk->timers[last];
+        struct weft__timer_entry moved = wk->timers[last];
         set_at(wk, i, moved);
-        if (i > 0 && wk->timers[(i - 1) / 2]->deadline > moved->deadline)
+        if (i > 0 && wk->timers[(i - 1) / ARITY].deadline > moved.deadline)
             sift_up(wk, i);
         else
             sift_down(wk, i);
@@ -96,7 +102,7 @@ int weft__timer_add(weft__worker *wk, weft__waiter *w)
     weft__lock_acquire(&wk->timer_lock);
     if (wk->timers_len == wk->timers_cap) {
         size_t cap = wk->timers_cap ? wk->timers_cap * 2 : 64;
-        weft__waiter **bigger = weft__alloc(cap * sizeof *bigger);
+        struct weft__timer_entry *bigger = weft__alloc(cap * sizeof *bigger);
         if (!bigger) {
             weft__lock_release(&wk->timer_lock);
             return ENOMEM;
@@ -109,7 +115,7 @@ int weft__timer_add(weft__worker *wk, weft__waiter *w)
     }
     w->timer_owner = wk;
     size_t i = wk->timers_len++;
-    set_at(wk, i, w);
+    set_at(wk, i, (struct weft__timer_entry){ w->deadline, w });
     sift_up(wk, i);
     publish_next(wk);
     weft__lock_release(&wk->timer_lock);
@@ -132,8 +138,8 @@ void weft__timer_cancel(weft__waiter *w)
 int64_t weft__timer_run(weft__worker *wk, int64_t now)
 {
     weft__lock_acquire(&wk->timer_lock);
-    while (wk->timers_len && wk->timers[0]->deadline <= now) {
-        weft__waiter *w = wk->timers[0];
+    while (wk->timers_len && wk->timers[0].deadline <= now) {
+        weft__waiter *w = wk->timers[0].waiter;
         remove_at(wk, 0);
         if (weft__waiter_claim(w)) {
             w->result = ETIMEDOUT;
@@ -144,7 +150,7 @@ int64_t weft__timer_run(weft__worker *wk, int64_t now)
         }
     }
     publish_next(wk);
-    int64_t next = wk->timers_len ? wk->timers[0]->deadline : INT64_MAX;
+    int64_t next = wk->timers_len ? wk->timers[0].deadline : INT64_MAX;
     weft__lock_release(&wk->timer_lock);
     return next;
 }
