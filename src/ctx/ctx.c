@@ -134,21 +134,25 @@ void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind,
 #endif
 }
 
-static inline void leave(weft__fiber *from, weft__fiber *to)
+/* Out of line: a canary check is rare (only stacks past the mapping
+ * budget have one), and keeping it out of the switch keeps the switch free
+ * of calls, so it saves no registers of its own. */
+static WEFT_NOINLINE void check_canary(const weft__fiber *from)
 {
-    if (WEFT_UNLIKELY(from->canary)) {
-        static const char *const kinds[] = { "thread", "coroutine", "generator", "context" };
-        weft__stack_check(from->stack, kinds[from->kind & 3], from->name);
-    }
+    static const char *const kinds[] = { "thread", "coroutine", "generator", "context" };
+    weft__stack_check(from->stack, kinds[from->kind & 3], from->name);
+}
+
+/* Everything a switch does after the canary check: the current-fiber
+ * record, the sanitizer announcements and the assembly. In an ordinary
+ * build it is a TLS store and a tail jump into weft__ctx_jump. */
+static inline __attribute__((always_inline)) void *
+jump(weft__fiber *from, weft__fiber *to, void *value)
+{
     weft__tls_fiber = to;
 #if defined(WEFT_TSAN)
     __tsan_switch_to_fiber(to->tsan_fiber, 0);
 #endif
-}
-
-void *weft__fiber_switch(weft__fiber *from, weft__fiber *to, void *value)
-{
-    leave(from, to);
 #if defined(WEFT_ASAN)
     __sanitizer_start_switch_fiber(&from->asan_fake_stack, to->lo, to->size);
 #endif
@@ -159,9 +163,35 @@ void *weft__fiber_switch(weft__fiber *from, weft__fiber *to, void *value)
     return r;
 }
 
+static WEFT_NOINLINE void *jump_after_canary(weft__fiber *from, weft__fiber *to,
+                                             void *value)
+{
+    check_canary(from);
+    return jump(from, to, value);
+}
+
+/* weft__fiber_switch's body, also inlined into weft_ctx_switch. */
+static inline __attribute__((always_inline)) void *
+fiber_switch(weft__fiber *from, weft__fiber *to, void *value)
+{
+    if (WEFT_UNLIKELY(from->canary))
+        return jump_after_canary(from, to, value);
+    return jump(from, to, value);
+}
+
+void *weft__fiber_switch(weft__fiber *from, weft__fiber *to, void *value)
+{
+    return fiber_switch(from, to, value);
+}
+
 void weft__fiber_exit(weft__fiber *from, weft__fiber *to, void *value)
 {
-    leave(from, to);
+    if (WEFT_UNLIKELY(from->canary))
+        check_canary(from);
+    weft__tls_fiber = to;
+#if defined(WEFT_TSAN)
+    __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
 #if defined(WEFT_ASAN)
     /* NULL: this fiber's fake stack dies with it. */
     __sanitizer_start_switch_fiber(NULL, to->lo, to->size);
@@ -192,13 +222,14 @@ void weft__fiber_destroy(weft__fiber *f)
 /* --- weft_ctx: greenlet-style contexts for plain threads ---------------- */
 
 struct weft_ctx {
-    weft__fiber fiber;
+    /* What weft_ctx_switch reads, together at the front. */
     weft__fiber *self;  /* &fiber, or the thread fiber for a thread's own */
+    unsigned char dead; /* finished or freed: switching to it does nothing */
+    unsigned char finished, freed, is_thread;
+    unsigned refs;      /* the user's handle + one per child not yet done */
+    weft__fiber fiber;
     struct weft_ctx *parent;
     void *(*fn)(void *);
-    unsigned refs;      /* the user's handle + one per child not yet done */
-    unsigned char started, finished, freed, is_thread;
-    unsigned char dead; /* finished or freed: switching to it does nothing */
 };
 
 static WEFT_TLS struct weft_ctx *ctx_running;   /* NULL until first use */
@@ -223,7 +254,7 @@ static struct weft_ctx *thread_ctx(void)
         struct weft_ctx *c = weft__calloc(sizeof *c);
         if (!c)
             return NULL;
-        c->is_thread = c->started = 1;
+        c->is_thread = 1;
         c->refs = 1;
         c->self = weft__fiber_thread();
         ctx_thread = c;
@@ -295,20 +326,32 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
     return 0;
 }
 
-void *weft_ctx_switch(weft_ctx *to, void *value)
+/* weft_ctx_switch's rare cases: NULL, dead or running `to`, a worker
+ * thread, the thread's first switch. Out of line, so the common path makes
+ * no call before the assembly and saves no registers of its own. */
+static WEFT_NOINLINE void *ctx_switch_slow(weft_ctx *to, void *value)
 {
-    /* Kept lean: this is the ctx benchmark's whole path besides the
-     * assembly. Contexts never change threads, so TLS is read directly. */
-    if (WEFT_UNLIKELY(!to || to->dead || weft__tls_on_worker))
+    if (!to || to->dead || weft__tls_on_worker)
         return NULL;
     struct weft_ctx *cur = ctx_running;
-    if (WEFT_UNLIKELY(!cur) && !(cur = thread_ctx()))
+    if (!cur && !(cur = thread_ctx()))
         return NULL;
-    if (WEFT_UNLIKELY(to == cur))
+    if (to == cur)
         return value;
-    to->started = 1;
     ctx_running = to;
-    return weft__fiber_switch(cur->self, to->self, value);
+    return fiber_switch(cur->self, to->self, value);
+}
+
+void *weft_ctx_switch(weft_ctx *to, void *value)
+{
+    /* This is the ctx benchmark's whole path besides the assembly: a few
+     * loads and tests, two TLS stores and a tail jump into weft__ctx_jump.
+     * Contexts never change threads, so TLS is read directly. */
+    struct weft_ctx *cur = ctx_running;
+    if (WEFT_UNLIKELY(!to || !cur || to == cur || to->dead || weft__tls_on_worker))
+        return ctx_switch_slow(to, value);
+    ctx_running = to;
+    return fiber_switch(cur->self, to->self, value);
 }
 
 void weft_ctx_free(weft_ctx *c)

@@ -26,13 +26,14 @@ enum weft__fiber_kind {
 };
 
 typedef struct weft__fiber {
+    /* sp and canary are what a switch reads: kept together, first. */
     void *sp;                  /* saved stack pointer while switched out */
+    unsigned char canary;      /* its stack is canary-guarded (stack.c) */
+    unsigned char kind;        /* enum weft__fiber_kind */
     struct weft__stack *stack; /* NULL for a thread's own stack */
     void *lo;                  /* usable stack [lo, lo + size) */
     size_t size;
     const char *name;          /* for reports; NULL prints as "(unnamed)" */
-    unsigned char kind;        /* enum weft__fiber_kind */
-    unsigned char canary;      /* its stack is canary-guarded (stack.c) */
 #if defined(WEFT_ASAN)
     void *asan_fake_stack;     /* ASan's fake-stack handle while switched out */
 #endif

@@ -16,7 +16,11 @@
  * Inline join (fork-join's fast path, allowed by API.md): joining a child
  * that has not started and is still the newest item of the joiner's own
  * deque takes it back (weft__deque_retract) and calls its function right
- * there, on the joiner's stack: no stack, no switch, no queue traffic. That
+ * there, on the joiner's stack: no stack, no switch, no queue traffic.
+ * A child that has not started but is not the newest (joins in spawn
+ * order) is claimed with a CAS on its qstate instead and run inline the
+ * same way; its queue entry becomes a tombstone that the worker taking it
+ * skips, and the descriptor is freed by whichever of the two comes last. That
  * makes fib's spawn-compute-join nearly a function call when nothing was
  * stolen. It is done only when the joiner's stack has at least half the
  * child's stack size left, so a child never gets much less stack than it
@@ -117,6 +121,8 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     co->resume = NULL;
     co->result = NULL;
     co->name = NULL;
+    /* Relaxed: published with the queue entry (release in the push). */
+    atomic_store_explicit(&co->qstate, 0, memory_order_relaxed);
     if (attr && attr->name) {
         size_t len = strlen(attr->name) + 1;
         co->name = weft__alloc(len);
@@ -188,16 +194,24 @@ int weft_join(weft_co *co, void **result)
     weft__waiter *j = atomic_load_explicit(&co->join, memory_order_acquire);
     if (j != NULL && j != WEFT__JOIN_DONE)
         return EINVAL; /* detached, already joined, or another joiner */
-    bool inlined = false;
-    if (j == NULL && self && can_inline(co) && weft__deque_retract(&w->deque, co)) {
-        /* Ours alone now. Only a coroutine that never ran can run inline;
-         * one that yielded or was woken goes back where it was. */
-        if (co->resume == NULL) {
+    bool inlined = false, claimed = false;
+    if (j == NULL && self && can_inline(co)) {
+        if (weft__deque_retract(&w->deque, weft__spawn_entry(co))) {
+            /* Its spawn entry, taken back: ours alone, never started. */
             run_inline(w, self, co);
             w = weft__worker_self();
             inlined = true;
-        } else if (weft__deque_push(&w->deque, co) != 0) {
-            weft__ready(co, false);
+        } else {
+            /* Not the newest (joins in spawn order, as uts does) or in
+             * another worker's queue: claim it if it has not started. */
+            unsigned expected = 0;
+            if (atomic_compare_exchange_strong_explicit(&co->qstate, &expected, WEFT__Q_CLAIMED,
+                                                        memory_order_acq_rel,
+                                                        memory_order_relaxed)) {
+                run_inline(w, self, co);
+                w = weft__worker_self();
+                inlined = claimed = true;
+            }
         }
     }
     if (j == NULL && !inlined) {
@@ -221,6 +235,14 @@ int weft_join(weft_co *co, void **result)
     (void)atomic_load_explicit(&co->join, memory_order_acquire);
     if (result)
         *result = co->result;
+    if (claimed) {
+        /* Its queue entry is a tombstone: the second of us and the
+         * tombstone's taker frees the descriptor. */
+        atomic_store_explicit(&co->join, WEFT__JOIN_DEAD, memory_order_relaxed);
+        if (!(atomic_fetch_or_explicit(&co->qstate, WEFT__Q_JOINER_DONE, memory_order_acq_rel) &
+              WEFT__Q_CONSUMED))
+            return 0;
+    }
     weft__co_free(w, co);
     return 0;
 }

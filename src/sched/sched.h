@@ -34,6 +34,18 @@ enum weft__why { WEFT__WHY_YIELD = 1, WEFT__WHY_PARK, WEFT__WHY_DONE };
 #define WEFT__JOIN_DONE ((struct weft__waiter *)(uintptr_t)2)
 #define WEFT__JOIN_DEAD ((struct weft__waiter *)(uintptr_t)3) /* joined; handle freed */
 
+/* weft_co.qstate bits. A queued coroutine is started by whoever sets
+ * TAKEN first (a worker taking its queue entry) or CLAIMED first (its
+ * joiner, which runs it inline); the queue entry of a claimed one is a
+ * tombstone. The descriptor is freed by the second of the joiner (DONE)
+ * and the tombstone's taker (CONSUMED). */
+enum {
+    WEFT__Q_TAKEN = 1,
+    WEFT__Q_CLAIMED = 2,
+    WEFT__Q_JOINER_DONE = 4,
+    WEFT__Q_CONSUMED = 8,
+};
+
 /* A coroutine descriptor. Ownership: while queued, the queue holds it;
  * while running, its worker; while parked, whoever will wake it (a waiter
  * registered with a channel, a timer, a joiner). Fields without a note are
@@ -54,6 +66,10 @@ struct weft_co {
      * CASed by join and detach: acq_rel, so the result written before the
      * finish is visible to the joiner. */
     _Atomic(struct weft__waiter *) join;
+    /* Queue state of a spawned coroutine that has not run yet (see
+     * WEFT__Q_*): lets a joiner claim it out of the middle of a queue,
+     * leaving a tombstone for whoever takes the entry. Acq_rel RMWs. */
+    _Atomic unsigned qstate;
     unsigned why;             /* enum weft__why, set before switching back */
     bool (*after)(void *arg); /* park: run on the scheduler's stack */
     void *after_arg;
@@ -151,6 +167,23 @@ extern weft__runtime weft__rt;
 /* The calling thread's worker, NULL on a plain thread. Not inlined: see
  * weft__fiber_current. */
 WEFT_NOINLINE weft__worker *weft__worker_self(void);
+
+/* Queue entries are descriptor pointers; a spawn's entry has bit 0 set,
+ * so a taker knows to check qstate (it may be a tombstone) and a retract
+ * finds exactly the spawn entry, not a later wake-up of the same
+ * coroutine. Descriptors are at least 8-byte aligned. */
+static inline weft_co *weft__spawn_entry(weft_co *co)
+{
+    return (weft_co *)((uintptr_t)co | 1);
+}
+static inline bool weft__is_spawn_entry(const weft_co *entry)
+{
+    return (uintptr_t)entry & 1;
+}
+static inline weft_co *weft__entry_co(weft_co *entry)
+{
+    return (weft_co *)((uintptr_t)entry & ~(uintptr_t)1);
+}
 
 /* --- the live count (worker.c) ------------------------------------------
  * A global atomic touched by every spawn and every end would bounce one

@@ -416,6 +416,18 @@ static weft_co *find_work(weft__worker *w)
 
 static void run(weft__worker *w, weft_co *co)
 {
+    if (weft__is_spawn_entry(co)) {
+        /* A spawn's queue entry: the coroutine is ours to start unless its
+         * joiner claimed it (co.c); then the entry is a tombstone. */
+        co = weft__entry_co(co);
+        unsigned q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
+        if (WEFT_UNLIKELY(q & WEFT__Q_CLAIMED)) {
+            if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
+                WEFT__Q_JOINER_DONE)
+                weft__co_free(w, co);
+            return;
+        }
+    }
     if (!co->resume) {
         weft__stack *s;
         if (WEFT_UNLIKELY(weft__stack_get(co->stack_size, &s) != 0)) {
@@ -503,12 +515,14 @@ int weft__submit(weft__worker *w, weft_co *co)
 {
     if (!w) {
         atomic_fetch_add_explicit(&weft__rt.spawned_outside, 1, memory_order_relaxed);
+        /* Injected spawns travel untagged and cannot be claimed. */
+        atomic_store_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_relaxed);
         inject_push(co);
         weft__notify();
         return 0;
     }
     weft__count(&w->stats.spawned);
-    local_push(w, co);
+    local_push(w, weft__spawn_entry(co));
     if (weft__rt.nworkers > 1)
         weft__notify();
     return 0;

@@ -31,8 +31,10 @@
 
 #if defined(__CET__) && (__CET__ & 1)
 #define WEFT_ENDBR endbr64
+#define WEFT_IBT 1
 #else
 #define WEFT_ENDBR
+#define WEFT_IBT 0
 #endif
 
     .text
@@ -65,13 +67,22 @@ weft__ctx_jump:
     .cfi_adjust_cfa_offset 8
     stmxcsr (%rsp)                  /* save MXCSR */
     fnstcw  4(%rsp)                 /* save x87 control word */
+    movl    (%rsp), %r8d            /* keep both for the compare below */
+    movzwl  4(%rsp), %r9d
 
     movq    %rsp, (%rdi)            /* *save_sp = our stack pointer */
     movq    %rsi, %rsp              /* switch: the frame at to_sp has the
                                        same layout, so the CFI still holds */
 
+    xorl    (%rsp), %r8d            /* MXCSR control bits (7-15) differ? */
+    testl   $0xffc0, %r8d           /* (bits 0-5 are sticky flags) */
+    jz      1f
     ldmxcsr (%rsp)                  /* restore MXCSR */
+1:
+    cmpw    4(%rsp), %r9w           /* x87 control word differs? */
+    je      2f
     fldcw   4(%rsp)                 /* restore x87 control word */
+2:
     addq    $8, %rsp
     .cfi_adjust_cfa_offset -8
     popq    %r15
@@ -93,7 +104,14 @@ weft__ctx_jump:
     .cfi_adjust_cfa_offset -8
     .cfi_restore rbp
     movq    %rdx, %rax              /* the value travels to the resumed side */
+#if WEFT_IBT
     ret                             /* to the resumed context's caller */
+#else
+    popq    %rcx                    /* the resumed context's return address */
+    .cfi_adjust_cfa_offset -8
+    .cfi_register rip, rcx
+    jmpq    *%rcx                   /* to it: see "Returning" above */
+#endif
     .cfi_endproc
     .size   weft__ctx_jump, .-weft__ctx_jump
 
