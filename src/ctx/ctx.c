@@ -222,12 +222,14 @@ void weft__fiber_destroy(weft__fiber *f)
 /* --- weft_ctx: greenlet-style contexts for plain threads ---------------- */
 
 struct weft_ctx {
-    /* What weft_ctx_switch reads, together at the front. */
-    weft__fiber *self;  /* &fiber, or the thread fiber for a thread's own */
+    /* First: what weft_ctx_switch reads (fiber.sp, fiber.canary, dead) sits
+     * at fixed offsets from the handle, one load each. For the thread's own
+     * context, fiber is a copy of the thread fiber (as a worker keeps one),
+     * so the switch needs no "which fiber" pointer to chase. */
+    weft__fiber fiber;
     unsigned char dead; /* finished or freed: switching to it does nothing */
     unsigned char finished, freed, is_thread;
     unsigned refs;      /* the user's handle + one per child not yet done */
-    weft__fiber fiber;
     struct weft_ctx *parent;
     void *(*fn)(void *);
 };
@@ -239,7 +241,12 @@ static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
 
 static void ctx_thread_exit(void *p)
 {
-    weft__free(p, sizeof(struct weft_ctx));
+    struct weft_ctx *c = p;
+    /* The thread's stack is current: point the overflow handler back at
+     * the thread fiber before the copy in c goes. */
+    if (weft__tls_fiber == &c->fiber)
+        weft__tls_fiber = &thread_fiber;
+    weft__free(c, sizeof *c);
 }
 
 static void ctx_setup(void)
@@ -256,7 +263,7 @@ static struct weft_ctx *thread_ctx(void)
             return NULL;
         c->is_thread = 1;
         c->refs = 1;
-        c->self = weft__fiber_thread();
+        c->fiber = *weft__fiber_thread();
         ctx_thread = c;
         if (!ctx_running)
             ctx_running = c;
@@ -294,7 +301,7 @@ static void ctx_entry(void *value, void *arg)
     while (p->dead)
         p = p->parent;
     ctx_running = p;
-    weft__fiber_exit(&c->fiber, p->self, result);
+    weft__fiber_exit(&c->fiber, &p->fiber, result);
 }
 
 int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
@@ -319,7 +326,6 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
     weft__fiber_init(&c->fiber, s, WEFT__FIBER_CONTEXT, NULL, ctx_entry, c);
     c->fn = fn;
     c->refs = 1;
-    c->self = &c->fiber;
     c->parent = parent;
     parent->refs++;
     *out = c;
@@ -339,7 +345,7 @@ static WEFT_NOINLINE void *ctx_switch_slow(weft_ctx *to, void *value)
     if (to == cur)
         return value;
     ctx_running = to;
-    return fiber_switch(cur->self, to->self, value);
+    return fiber_switch(&cur->fiber, &to->fiber, value);
 }
 
 void *weft_ctx_switch(weft_ctx *to, void *value)
@@ -351,7 +357,7 @@ void *weft_ctx_switch(weft_ctx *to, void *value)
     if (WEFT_UNLIKELY(!to || !cur || to == cur || to->dead || weft__tls_on_worker))
         return ctx_switch_slow(to, value);
     ctx_running = to;
-    return fiber_switch(cur->self, to->self, value);
+    return fiber_switch(&cur->fiber, &to->fiber, value);
 }
 
 void weft_ctx_free(weft_ctx *c)

@@ -166,6 +166,25 @@ static void run_inline(weft__worker *w, weft_co *self, weft_co *child)
     weft__live_dec(w);
 }
 
+/* Pops the tombstones (spawn entries of children claimed by their
+ * joiners) off the newest end of w's deque: joins in spawn order leave
+ * them there, and left alone they would pile up until the worker's loop
+ * reached them, each holding its descriptor. */
+static void drop_tombstones(weft__worker *w)
+{
+    weft_co *entry;
+    while ((entry = weft__deque_peek_newest(&w->deque)) != NULL && weft__is_spawn_entry(entry)) {
+        weft_co *co = weft__entry_co(entry);
+        if (!(atomic_load_explicit(&co->qstate, memory_order_acquire) & WEFT__Q_CLAIMED))
+            return;
+        if (!weft__deque_retract(&w->deque, entry))
+            return; /* a thief took it: the tombstone is the thief's now */
+        if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
+            WEFT__Q_JOINER_DONE)
+            weft__co_free(w, co);
+    }
+}
+
 struct join_args {
     weft_co *co;
     weft__waiter *waiter;
@@ -195,6 +214,8 @@ int weft_join(weft_co *co, void **result)
     if (j != NULL && j != WEFT__JOIN_DONE)
         return EINVAL; /* detached, already joined, or another joiner */
     bool inlined = false, claimed = false;
+    if (j == NULL && self)
+        drop_tombstones(w);
     if (j == NULL && self && can_inline(co)) {
         if (weft__deque_retract(&w->deque, weft__spawn_entry(co))) {
             /* Its spawn entry, taken back: ours alone, never started. */

@@ -169,6 +169,16 @@ int weft__deque_retract(weft__deque *d, void *item)
     return won;
 }
 
+void *weft__deque_peek_newest(weft__deque *d)
+{
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed) - 1;
+    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    if (b < t)
+        return NULL;
+    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+    return atomic_load_explicit(&a->slots[b & a->mask], memory_order_relaxed);
+}
+
 int64_t weft__deque_size(weft__deque *d)
 {
     int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);

@@ -42,6 +42,9 @@ void *weft__deque_take(weft__deque *d);
 /* Owner: removes `item` if it is the newest one; 1 if removed, 0 if not
  * (not the newest, or taken by a thief meanwhile). */
 int weft__deque_retract(weft__deque *d, void *item);
+/* Owner: the newest item without taking it, or NULL when empty (a thief
+ * may take it a moment later: confirm with weft__deque_retract). */
+void *weft__deque_peek_newest(weft__deque *d);
 /* Any thread: takes the oldest item, or NULL when empty or when it lost a
  * race with another taker (callers treat both as "try elsewhere"). */
 void *weft__deque_steal(weft__deque *d);
