@@ -327,19 +327,41 @@ int weft_wg_init(weft_wg *g)
     return 0;
 }
 
+_Static_assert(sizeof(int) == sizeof(_Atomic int), "atomic count size");
+
+/* The count is an atomic outside the lock: add and done are one CAS
+ * (Go's WaitGroup is one atomic add), so a million coroutines finishing
+ * on different workers do not serialise on the lock. Only the move to 0
+ * takes the lock, to wake the waiters; a waiter re-reads the count under
+ * the lock before it queues, so it either sees 0 or is queued before the
+ * adder's lock and is woken. */
+static _Atomic int *count_of(weft_wg *g)
+{
+    return (_Atomic int *)(void *)&g->weft_count_;
+}
+
 int weft_wg_add(weft_wg *g, int delta)
 {
     if (!g)
         return EINVAL;
+    _Atomic int *count = count_of(g);
+    int old = atomic_load_explicit(count, memory_order_relaxed), now;
+    do {
+        long long next = (long long)old + delta;
+        if (next < 0 || next > INT_MAX)
+            return EINVAL;
+        now = (int)next;
+        /* Acq_rel: done() releases the coroutine's work to the waiter
+         * that sees 0 (acquire in weft_wg_wait). */
+    } while (!atomic_compare_exchange_weak_explicit(count, &old, now, memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    if (now != 0 || delta == 0)
+        return 0;
     weft__lock *lock = lock_of(&g->weft_lock_);
     weft__lock_acquire(lock);
-    long long count = (long long)g->weft_count_ + delta;
-    if (count < 0 || count > INT_MAX) {
-        weft__lock_release(lock);
-        return EINVAL;
-    }
-    g->weft_count_ = (int)count;
-    sync_node *first = count == 0 ? queue_take_all(wg_queue(g), 0) : NULL;
+    sync_node *first = atomic_load_explicit(count, memory_order_relaxed) == 0
+                           ? queue_take_all(wg_queue(g), 0)
+                           : NULL;
     weft__lock_release(lock);
     wake_chain(first);
     return 0;
@@ -354,9 +376,13 @@ int weft_wg_wait(weft_wg *g, int64_t deadline)
 {
     if (!g)
         return EINVAL;
+    _Atomic int *count = count_of(g);
+    /* Acquire: pairs with the release of the done() that reached 0. */
+    if (atomic_load_explicit(count, memory_order_acquire) == 0)
+        return 0;
     weft__lock *lock = lock_of(&g->weft_lock_);
     weft__lock_acquire(lock);
-    if (g->weft_count_ == 0) {
+    if (atomic_load_explicit(count, memory_order_acquire) == 0) {
         weft__lock_release(lock);
         return 0;
     }
