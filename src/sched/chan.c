@@ -11,8 +11,28 @@
  * waiter's buffer under the channel lock, unlinks the node, releases the
  * lock and wakes the waiter, asking to run it next on its own worker (a
  * handoff). A node whose claim fails belongs to a waiter that timed out or
- * to a select that completed elsewhere: it is stale, and anyone holding the
- * lock may unlink it; its owner unlinks it too (unlinking is idempotent).
+ * to a select that completed elsewhere: it is stale. Wakers skip stale
+ * nodes and only their owner unlinks them, so a linked node always means
+ * a caller still inside a call on the channel (free's EBUSY).
+ *
+ * Freeing right after the last receive (Go's skynet, a channel owned by
+ * its receiver) is safe: every touch of the channel by the side that lets
+ * the other go on (a sender that filled a slot or a waiting receiver, a
+ * receiver that took a waiting sender's value, a close) comes before its
+ * lock release, and after it touches only the woken waiter's stack. A
+ * waiter that was claimed by the other side or by a close finds its node
+ * unlinked and never locks the channel again; only one whose deadline
+ * claimed it re-locks to unlink its node, and that node kept the channel
+ * from being freed. The one access after a release is the futex wake of
+ * a contended weft__lock's unlock (lock.h), on the lock word's address: a
+ * private futex wake reads no memory, and at a reused address it can only
+ * cause a spurious wake-up, which every futex user in weft tolerates
+ * (glibc's mutexes rely on the same).
+ *
+ * Fast paths: a send or receive without a deadline and outside a select
+ * can be claimed only by a holder of the channel lock, so its claim is a
+ * plain store instead of a CAS (chan_node.exclusive); common element sizes
+ * are copied inline; the ring buffer wraps by comparison, not division.
  *
  * Invariants, under the lock: receivers wait only while the buffer is
  * empty, senders only while it is full (so a waiting receiver means an
@@ -30,8 +50,10 @@
  * waker that claimed a select's node takes and drops the gate before it
  * wakes the waiter: the gate is free only once the select has switched
  * out, so nobody can resume a coroutine that is still on its stack.
- * After the wake-up the select re-locks its channels and unlinks its
- * other nodes.
+ * The claimer also unlinks every node of that select on its own channel
+ * (two cases may name one channel). After the wake-up the select re-locks
+ * its other channels, never the completed case's, and unlinks its nodes
+ * there; after a timeout it re-locks all of them.
  *
  * Rejected: one lock for all channels (serialises unrelated pipelines);
  * lock-free queues (Go kept the lock too; the sections are a few dozen
@@ -50,25 +72,40 @@ typedef struct chan_queue {
     struct chan_node *head, *tail;
 } chan_queue;
 
-/* One waiting operation. Lives on the waiter's stack; every field is
- * written under the lock of the channel whose queue holds it. */
+struct chan_select;
+
+/* One waiting operation. Lives on the waiter's stack. Linked and unlinked
+ * only under the lock of the channel whose queue holds it; written by the
+ * waiter before it is linked, and by its claimer (under that lock) after. */
 typedef struct chan_node {
     weft__waiter *w;          /* shared by every case of one select */
     void *elem;               /* send: the value; recv: where it goes (may be NULL) */
-    size_t index;             /* the select case; 0 for send/recv */
-    weft__lock *gate;         /* select: the lock it parked with; NULL when it
-                                 parked with the channel's own lock */
+    struct chan_select *sel;  /* select: its shared state; NULL for send/recv */
     chan_queue *queue;        /* the queue it is linked in; NULL once unlinked */
     struct chan_node *prev, *next;
     struct chan_node *wake_next; /* close: claimed nodes to wake after unlock */
+    size_t index;             /* the select case; 0 for send/recv */
+    /* Only holders of this channel's lock can claim w: a send or receive
+     * without a deadline (no timer) and without a select (no other
+     * channel). Its claim is a plain store under the lock (see claim). */
+    bool exclusive;
 } chan_node;
+
+/* A waiting select's state, on its stack: the gate it parked with (see the
+ * top of the file) and its nodes, so that whoever claims it can unlink all
+ * of its nodes on the claimer's channel. */
+typedef struct chan_select {
+    weft__lock gate;
+    chan_node *nodes;
+    size_t n;
+} chan_select;
 
 struct weft_chan {
     weft__lock lock;
     bool closed;
     size_t elem_size;
     size_t cap;               /* buffer slots; 0: rendezvous */
-    size_t head;              /* the oldest buffered value */
+    size_t head;              /* the oldest buffered value, < cap */
     size_t len;               /* buffered values */
     chan_queue sendq, recvq;
     unsigned char buf[];      /* cap * elem_size bytes */
@@ -102,77 +139,142 @@ static void queue_unlink(chan_node *n)
     else
         q->tail = n->prev;
     n->queue = NULL;
-    n->prev = n->next = NULL;
+}
+
+/* Claims n's waiter for the caller, who holds the lock of n's channel. */
+static inline bool claim(chan_node *n)
+{
+    if (WEFT_LIKELY(n->exclusive)) {
+        /* Relaxed: nobody but a holder of this lock can claim this waiter
+         * (no timer, no other channel), and one that did also unlinked it,
+         * so a linked exclusive node is always WAITING. The lock orders the
+         * waiter's writes before ours; a plain thread reads the result
+         * after the release store of WOKEN in weft__waiter_wake. Saves the
+         * locked CAS of weft__waiter_claim on the common path. */
+        atomic_store_explicit(&n->w->state, WEFT__WAIT_CLAIMED, memory_order_relaxed);
+        return true;
+    }
+    return weft__waiter_claim(n->w);
+}
+
+/* Unlinks a node the caller just claimed, and for a select every other
+ * node of it on this channel (two cases may name one channel): the select
+ * then never needs this channel again, which may be freed as soon as the
+ * claimer is done. Nobody else unlinks a select's nodes while it is
+ * claimed and not yet woken, so their queue fields are stable; the select
+ * wrote them under channel locks it released before any claim. */
+static void unlink_claimed(weft_chan *ch, chan_node *n)
+{
+    chan_select *s = n->sel;
+    if (WEFT_LIKELY(!s)) {
+        queue_unlink(n);
+        return;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        chan_queue *q = s->nodes[i].queue;
+        if (q == &ch->sendq || q == &ch->recvq)
+            queue_unlink(&s->nodes[i]);
+    }
 }
 
 /* The oldest node whose waiter this call claims, unlinked; NULL if none.
- * Stale nodes met on the way are unlinked. */
-static chan_node *queue_take(chan_queue *q)
+ * Stale nodes (a waiter the deadline claimed, or a select claimed on
+ * another channel) are skipped, never unlinked: only their owner unlinks
+ * them, so a linked node means its owner is still inside a call on this
+ * channel (weft_chan_free_checked's EBUSY), and the channel cannot be
+ * freed under the owner's feet. */
+static chan_node *queue_take(weft_chan *ch, chan_queue *q)
 {
-    chan_node *n;
-    while ((n = q->head)) {
-        queue_unlink(n);
-        if (weft__waiter_claim(n->w))
+    for (chan_node *n = q->head; n; n = n->next) {
+        if (claim(n)) {
+            unlink_claimed(ch, n);
             return n;
+        }
     }
     return NULL;
 }
 
-/* Whether a claimable node may be waiting. Drops stale heads. A timer may
- * still claim the head after this returns true, so callers retry when the
- * queue_take that follows finds nothing. */
+/* Whether a claimable node may be waiting. A timer may still claim it
+ * after this returns true, so callers retry when the queue_take that
+ * follows finds nothing. */
 static bool queue_ready(chan_queue *q)
 {
-    chan_node *n;
-    /* Relaxed: a hint; the claim in queue_take decides. */
-    while ((n = q->head) && atomic_load_explicit(&n->w->state, memory_order_relaxed) !=
-                                WEFT__WAIT_WAITING)
-        queue_unlink(n);
-    return n != NULL;
+    for (chan_node *n = q->head; n; n = n->next) {
+        /* Relaxed: a hint; the claim in queue_take decides. */
+        if (atomic_load_explicit(&n->w->state, memory_order_relaxed) == WEFT__WAIT_WAITING)
+            return true;
+    }
+    return false;
 }
 
-static void complete(chan_node *n, int result)
+static inline void complete(chan_node *n, int result)
 {
     n->w->result = result;
-    n->w->sel = n->index;
+    if (n->sel)
+        n->w->sel = n->index;
 }
 
-/* After the channel lock is released: wakes a waiter claimed under it. */
+/* After the channel lock is released: wakes a waiter claimed under it.
+ * Touches only the waiter's stack (node, gate, waiter), never the
+ * channel: the woken side may free it as soon as it runs. */
 static void wake_node(chan_node *n, bool next)
 {
     weft__waiter *w = n->w;
-    weft__lock *gate = n->gate;
-    if (gate) {
+    chan_select *s = n->sel;
+    if (s) {
         /* The select releases its gate only once switched out (or, on a
          * plain thread, before sleeping on its futex). */
-        weft__lock_acquire(gate);
-        weft__lock_release(gate);
+        weft__lock_acquire(&s->gate);
+        weft__lock_release(&s->gate);
     }
     weft__waiter_wake(w, next);
 }
 
 /* --- operations (caller holds the lock) ----------------------------------- */
 
-static unsigned char *slot(weft_chan *ch, size_t i)
+/* memcpy of a size the compiler cannot see is a call into libc; the
+ * common element sizes become one or two moves. */
+static inline void copy_elem(void *dst, const void *src, size_t size)
 {
-    return ch->buf + ((ch->head + i) % ch->cap) * ch->elem_size;
+    switch (size) {
+    case 8:
+        memcpy(dst, src, 8);
+        break;
+    case 4:
+        memcpy(dst, src, 4);
+        break;
+    case 16:
+        memcpy(dst, src, 16);
+        break;
+    default:
+        memcpy(dst, src, size);
+    }
+}
+
+/* Slot i after the oldest (i < cap): a compare instead of a division. */
+static inline unsigned char *slot(weft_chan *ch, size_t i)
+{
+    size_t k = ch->head + i;
+    if (k >= ch->cap)
+        k -= ch->cap;
+    return ch->buf + k * ch->elem_size;
 }
 
 /* 0 sent, EPIPE closed, EAGAIN would wait. *woken: a waiter to wake. */
-static int try_send(weft_chan *ch, const void *elem, chan_node **woken)
+static inline int try_send(weft_chan *ch, const void *elem, chan_node **woken)
 {
-    if (ch->closed)
+    if (WEFT_UNLIKELY(ch->closed))
         return EPIPE;
-    chan_node *n = queue_take(&ch->recvq);
+    chan_node *n = queue_take(ch, &ch->recvq);
     if (n) {
         if (n->elem)
-            memcpy(n->elem, elem, ch->elem_size);
+            copy_elem(n->elem, elem, ch->elem_size);
         complete(n, 0);
         *woken = n;
         return 0;
     }
     if (ch->len < ch->cap) {
-        memcpy(slot(ch, ch->len), elem, ch->elem_size);
+        copy_elem(slot(ch, ch->len), elem, ch->elem_size);
         ch->len++;
         return 0;
     }
@@ -180,27 +282,27 @@ static int try_send(weft_chan *ch, const void *elem, chan_node **woken)
 }
 
 /* 0 received, EPIPE closed and drained, EAGAIN would wait. */
-static int try_recv(weft_chan *ch, void *elem, chan_node **woken)
+static inline int try_recv(weft_chan *ch, void *elem, chan_node **woken)
 {
     if (ch->len > 0) {
         if (elem)
-            memcpy(elem, slot(ch, 0), ch->elem_size);
-        ch->head = (ch->head + 1) % ch->cap;
+            copy_elem(elem, slot(ch, 0), ch->elem_size);
+        ch->head = ch->head + 1 == ch->cap ? 0 : ch->head + 1;
         ch->len--;
         /* A slot is free: the oldest waiting sender fills it. */
-        chan_node *n = queue_take(&ch->sendq);
+        chan_node *n = queue_take(ch, &ch->sendq);
         if (n) {
-            memcpy(slot(ch, ch->len), n->elem, ch->elem_size);
+            copy_elem(slot(ch, ch->len), n->elem, ch->elem_size);
             ch->len++;
             complete(n, 0);
             *woken = n;
         }
         return 0;
     }
-    chan_node *n = queue_take(&ch->sendq);
+    chan_node *n = queue_take(ch, &ch->sendq);
     if (n) {
         if (elem)
-            memcpy(elem, n->elem, ch->elem_size);
+            copy_elem(elem, n->elem, ch->elem_size);
         complete(n, 0);
         *woken = n;
         return 0;
@@ -218,6 +320,36 @@ static bool recv_ready(weft_chan *ch)
     return ch->len > 0 || ch->closed || queue_ready(&ch->sendq);
 }
 
+static inline bool deadline_pending(int64_t deadline)
+{
+    return deadline == WEFT_FOREVER || weft__deadline_pending(deadline);
+}
+
+/* Parks the caller on queue q of ch, whose lock it holds; returns with the
+ * lock released and the result. Only a wait the deadline ended leaves the
+ * node linked, so only then does the caller touch ch again: a claimer
+ * (the other side, or a close) unlinked it, and the other side may have
+ * freed ch since. */
+static int chan_wait(weft_chan *ch, chan_queue *q, void *elem, int64_t deadline)
+{
+    weft__waiter w;
+    weft__waiter_init(&w, deadline);
+    chan_node n;
+    n.w = &w;
+    n.elem = elem;
+    n.sel = NULL;
+    n.index = 0;
+    n.exclusive = deadline == WEFT_FOREVER;
+    queue_push(q, &n);
+    int rc = weft__waiter_wait(&w, &ch->lock);
+    if (WEFT_UNLIKELY(rc == ETIMEDOUT)) {
+        weft__lock_acquire(&ch->lock);
+        queue_unlink(&n);
+        weft__lock_release(&ch->lock);
+    }
+    return rc;
+}
+
 /* --- public calls ------------------------------------------------------------ */
 
 static bool chan_bytes(size_t elem_size, size_t cap, size_t *bytes)
@@ -228,6 +360,28 @@ static bool chan_bytes(size_t elem_size, size_t cap, size_t *bytes)
     return true;
 }
 
+/* Under AddressSanitizer a channel comes from malloc, which ASan replaces
+ * with its quarantining allocator, so a touch of a freed channel is
+ * reported (it cannot see inside jemalloc's memory). */
+static void *chan_alloc(size_t bytes)
+{
+#ifdef WEFT_ASAN
+    return malloc(bytes);
+#else
+    return weft__alloc(bytes);
+#endif
+}
+
+static void chan_dealloc(weft_chan *ch, size_t bytes)
+{
+#ifdef WEFT_ASAN
+    (void)bytes;
+    free(ch);
+#else
+    weft__free(ch, bytes);
+#endif
+}
+
 int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
 {
     size_t bytes;
@@ -235,7 +389,7 @@ int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
         return EINVAL;
     if (!chan_bytes(elem_size, capacity, &bytes))
         return ENOMEM;
-    weft_chan *ch = weft__alloc(bytes);
+    weft_chan *ch = chan_alloc(bytes);
     if (!ch)
         return ENOMEM;
     ch->lock = (weft__lock)WEFT__LOCK_INIT;
@@ -249,64 +403,48 @@ int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
     return 0;
 }
 
+/* The order of the steps in send and receive is the safety guarantee of
+ * weft_chan_free (weft.h): everything that touches the channel happens
+ * before the lock release that lets the other side go on, and what
+ * follows the release touches only the woken waiter's stack. */
 int weft_chan_send(weft_chan *ch, const void *elem, int64_t deadline)
 {
-    if (!ch || !elem)
+    if (WEFT_UNLIKELY(!ch || !elem))
         return EINVAL;
     chan_node *woken = NULL;
     weft__lock_acquire(&ch->lock);
     int rc = try_send(ch, elem, &woken);
-    if (rc != EAGAIN) {
+    if (WEFT_LIKELY(rc != EAGAIN)) {
         weft__lock_release(&ch->lock);
         if (woken)
             wake_node(woken, true);
         return rc;
     }
-    if (!weft__deadline_pending(deadline)) {
+    if (!deadline_pending(deadline)) {
         weft__lock_release(&ch->lock);
         return ETIMEDOUT;
     }
-    weft__waiter w;
-    weft__waiter_init(&w, deadline);
-    chan_node n = { .w = &w, .elem = (void *)elem };
-    queue_push(&ch->sendq, &n);
-    rc = weft__waiter_wait(&w, &ch->lock);
-    if (rc == ETIMEDOUT) {
-        weft__lock_acquire(&ch->lock);
-        queue_unlink(&n);
-        weft__lock_release(&ch->lock);
-    }
-    return rc;
+    return chan_wait(ch, &ch->sendq, (void *)elem, deadline);
 }
 
 int weft_chan_recv(weft_chan *ch, void *elem, int64_t deadline)
 {
-    if (!ch || !elem)
+    if (WEFT_UNLIKELY(!ch || !elem))
         return EINVAL;
     chan_node *woken = NULL;
     weft__lock_acquire(&ch->lock);
     int rc = try_recv(ch, elem, &woken);
-    if (rc != EAGAIN) {
+    if (WEFT_LIKELY(rc != EAGAIN)) {
         weft__lock_release(&ch->lock);
         if (woken)
             wake_node(woken, true);
         return rc;
     }
-    if (!weft__deadline_pending(deadline)) {
+    if (!deadline_pending(deadline)) {
         weft__lock_release(&ch->lock);
         return ETIMEDOUT;
     }
-    weft__waiter w;
-    weft__waiter_init(&w, deadline);
-    chan_node n = { .w = &w, .elem = elem };
-    queue_push(&ch->recvq, &n);
-    rc = weft__waiter_wait(&w, &ch->lock);
-    if (rc == ETIMEDOUT) {
-        weft__lock_acquire(&ch->lock);
-        queue_unlink(&n);
-        weft__lock_release(&ch->lock);
-    }
-    return rc;
+    return chan_wait(ch, &ch->recvq, elem, deadline);
 }
 
 int weft_chan_close(weft_chan *ch)
@@ -319,11 +457,12 @@ int weft_chan_close(weft_chan *ch)
         return EPIPE;
     }
     ch->closed = true;
-    /* Claim every waiter, oldest first; wake them once the lock is free. */
+    /* Claim every waiter, oldest first; wake them once the lock is free
+     * (they do not touch ch again, see chan_wait and weft_select). */
     chan_node *first = NULL, **last = &first, *n;
     chan_queue *queues[2] = { &ch->recvq, &ch->sendq };
     for (int i = 0; i < 2; i++) {
-        while ((n = queue_take(queues[i]))) {
+        while ((n = queue_take(ch, queues[i]))) {
             complete(n, EPIPE);
             n->wake_next = NULL;
             *last = n;
@@ -343,13 +482,15 @@ int weft_chan_free_checked(weft_chan *ch)
     if (!ch)
         return EINVAL;
     weft__lock_acquire(&ch->lock);
+    /* A linked node, stale or not, belongs to a caller still inside a
+     * call on ch (see queue_take). */
     bool busy = ch->sendq.head || ch->recvq.head;
     weft__lock_release(&ch->lock);
     if (busy)
         return EBUSY;
     size_t bytes = 0;
     WEFT_ASSERT(chan_bytes(ch->elem_size, ch->cap, &bytes)); /* checked at make */
-    weft__free(ch, bytes);
+    chan_dealloc(ch, bytes);
     return 0;
 }
 
@@ -382,16 +523,19 @@ static int by_address(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void lock_all(weft_chan **order, size_t n)
+/* Locks the channels in order[] (address order), but `skip`. */
+static void lock_all(weft_chan **order, size_t n, const weft_chan *skip)
 {
     for (size_t i = 0; i < n; i++)
-        weft__lock_acquire(&order[i]->lock);
+        if (order[i] != skip)
+            weft__lock_acquire(&order[i]->lock);
 }
 
-static void unlock_all(weft_chan **order, size_t n)
+static void unlock_all(weft_chan **order, size_t n, const weft_chan *skip)
 {
     for (size_t i = n; i > 0; i--)
-        weft__lock_release(&order[i - 1]->lock);
+        if (order[i - 1] != skip)
+            weft__lock_release(&order[i - 1]->lock);
 }
 
 #define SELECT_INLINE 8
@@ -436,7 +580,7 @@ int weft_select(weft_case *cases, size_t n, int64_t deadline, size_t *done)
     nchan = distinct;
 
     int rc;
-    lock_all(order, nchan);
+    lock_all(order, nchan, NULL);
     for (;;) {
         /* Reservoir sampling: the k-th ready case replaces the pick with
          * probability 1/k, so each ready case is chosen with 1/ready. */
@@ -456,7 +600,7 @@ int weft_select(weft_case *cases, size_t n, int64_t deadline, size_t *done)
                                 : try_recv(c->ch, c->elem, &woken);
         if (rc == EAGAIN)
             continue; /* a timer claimed the waiter we saw: look again */
-        unlock_all(order, nchan);
+        unlock_all(order, nchan, NULL);
         if (woken)
             wake_node(woken, true);
         *done = pick;
@@ -465,28 +609,37 @@ int weft_select(weft_case *cases, size_t n, int64_t deadline, size_t *done)
         goto out;
     }
     if (!weft__deadline_pending(deadline)) {
-        unlock_all(order, nchan);
+        unlock_all(order, nchan, NULL);
         rc = ETIMEDOUT;
         goto out;
     }
 
     weft__waiter w;
     weft__waiter_init(&w, deadline);
-    weft__lock gate = WEFT__LOCK_INIT;
-    weft__lock_acquire(&gate);
+    chan_select sel = { WEFT__LOCK_INIT, nodes, n };
+    weft__lock_acquire(&sel.gate);
     for (size_t i = 0; i < n; i++) {
-        nodes[i] = (chan_node){ .w = &w, .elem = cases[i].elem, .index = i, .gate = &gate };
+        nodes[i] = (chan_node){ .w = &w, .elem = cases[i].elem, .sel = &sel, .index = i };
         weft_chan *ch = cases[i].ch;
         if (ch)
             queue_push(cases[i].op == WEFT_SEND ? &ch->sendq : &ch->recvq, &nodes[i]);
     }
-    unlock_all(order, nchan);
-    rc = weft__waiter_wait(&w, &gate);
-    /* Unlink the cases that did not complete (and, after a timeout, all). */
-    lock_all(order, nchan);
-    for (size_t i = 0; i < n; i++)
-        queue_unlink(&nodes[i]);
-    unlock_all(order, nchan);
+    unlock_all(order, nchan, NULL);
+    rc = weft__waiter_wait(&w, &sel.gate);
+    /* Unlink the nodes that are still linked: after a timeout, all of
+     * them; otherwise those on the channels other than the completed
+     * case's, whose claimer (the other side, or a close) unlinked every
+     * node there (unlink_claimed) and which must not be touched again: it
+     * may have been freed already. Nobody else unlinks a select's nodes,
+     * so the channels locked here cannot have been freed (EBUSY). */
+    weft_chan *done_ch = rc == ETIMEDOUT ? NULL : cases[w.sel].ch;
+    if (nchan > 1 || !done_ch) {
+        lock_all(order, nchan, done_ch);
+        for (size_t i = 0; i < n; i++)
+            if (cases[i].ch && cases[i].ch != done_ch)
+                queue_unlink(&nodes[i]);
+        unlock_all(order, nchan, done_ch);
+    }
     if (rc != ETIMEDOUT) {
         *done = w.sel;
         cases[w.sel].err = rc;

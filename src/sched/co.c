@@ -33,6 +33,7 @@
 #include "sched.h"
 
 #define FREE_MAX 256
+#define SPAWN_BACKLOG 4096
 
 
 static weft_co *co_alloc(weft__worker *w)
@@ -90,9 +91,12 @@ void weft__co_finished(weft__worker *w, weft_co *co)
     weft__stack_put(co->fiber.stack);
     co->fiber.stack = NULL;
     weft__count(&w->stats.finished);
-    /* Acq_rel: releases the result to the joiner; acquires a waiter's
-     * initialisation before we wake it. */
-    weft__waiter *old = atomic_exchange_explicit(&co->join, WEFT__JOIN_DONE, memory_order_acq_rel);
+    /* Detached stays detached (nobody writes join again): skip the RMW. */
+    weft__waiter *old = atomic_load_explicit(&co->join, memory_order_relaxed);
+    if (old != WEFT__JOIN_DETACHED)
+        /* Acq_rel: releases the result to the joiner; acquires a waiter's
+         * initialisation before we wake it. */
+        old = atomic_exchange_explicit(&co->join, WEFT__JOIN_DONE, memory_order_acq_rel);
     if (old == WEFT__JOIN_DETACHED) {
         weft__co_free(w, co);
     } else if (old != NULL) {
@@ -121,8 +125,10 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     co->resume = NULL;
     co->result = NULL;
     co->name = NULL;
-    /* Relaxed: published with the queue entry (release in the push). */
-    atomic_store_explicit(&co->qstate, 0, memory_order_relaxed);
+    /* Relaxed: published with the queue entry (release in the push). A
+     * detached coroutine has no joiner to claim it: already TAKEN, so its
+     * first run skips the RMW. */
+    atomic_store_explicit(&co->qstate, out ? 0 : WEFT__Q_TAKEN, memory_order_relaxed);
     if (attr && attr->name) {
         size_t len = strlen(attr->name) + 1;
         co->name = weft__alloc(len);
@@ -139,7 +145,14 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     if (out)
         *out = co;
     weft__live_inc(w);
-    return weft__submit(w, co);
+    int err = weft__submit(w, co);
+    /* Backpressure: a coroutine spawning in a loop faster than the
+     * workers start its children would pile up an unbounded backlog of
+     * descriptors (the spawn workload reached 500,000). Past a bound the
+     * spawner yields, so its own worker starts the backlog too. */
+    if (w && w->current && weft__deque_size(&w->deque) > SPAWN_BACKLOG)
+        weft_yield();
+    return err;
 }
 
 static bool can_inline(weft_co *child)

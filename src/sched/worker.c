@@ -420,7 +420,9 @@ static void run(weft__worker *w, weft_co *co)
         /* A spawn's queue entry: the coroutine is ours to start unless its
          * joiner claimed it (co.c); then the entry is a tombstone. */
         co = weft__entry_co(co);
-        unsigned q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
+        unsigned q = atomic_load_explicit(&co->qstate, memory_order_relaxed);
+        if (q != WEFT__Q_TAKEN) /* TAKEN from the start: detached */
+            q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
         if (WEFT_UNLIKELY(q & WEFT__Q_CLAIMED)) {
             if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
                 WEFT__Q_JOINER_DONE)
