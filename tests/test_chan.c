@@ -676,6 +676,137 @@ static void test_chan_works_between_plain_threads_without_runtime(void **state)
     weft_chan_free(p.from);
 }
 
+/* --- freeing a channel right after its last value ----------------------------- */
+
+/* Go's skynet pattern: a channel owned by its receiver, freed as soon as
+ * the receiver has every value, while the senders (on the other worker)
+ * may still be returning from weft_chan_send, weft_select or
+ * weft_chan_close. Under ASan, channels come from malloc (chan.c), so a
+ * sender that touched the channel after its value was taken is a
+ * use-after-free report; a node left linked makes the free EBUSY. */
+#define FREE_OWNERS 4
+#define FREE_ROUNDS 1500
+#define FREE_SENDERS 6
+#define FREE_CLOSER_VALUES 3
+
+enum { BY_SEND, BY_SEND_DEADLINE, BY_SELECT, BY_CLOSER, BY_WAYS };
+
+struct free_sender {
+    weft_chan *ch;
+    int value, how;
+};
+
+static void *send_and_return(void *arg)
+{
+    /* Copied first: arg lives on the owner's stack, which may be reused
+     * once this value has been received. */
+    struct free_sender s = *(struct free_sender *)arg;
+    int v = s.value;
+    if (s.how == BY_SEND) {
+        assert_int_equal(weft_chan_send(s.ch, &v, WEFT_FOREVER), 0);
+    } else if (s.how == BY_SEND_DEADLINE) {
+        assert_int_equal(weft_chan_send(s.ch, &v, in_ms(60000)), 0);
+    } else if (s.how == BY_SELECT) {
+        /* Two cases on the owner's channel and one on a private channel
+         * that never becomes ready: whoever takes one case must leave
+         * nothing of this select on the owner's channel. */
+        weft_chan *never;
+        assert_int_equal(weft_chan_make(&never, sizeof(int), 0), 0);
+        int sink;
+        weft_case cases[3] = { { s.ch, WEFT_SEND, &v, -1 },
+                               { never, WEFT_RECV, &sink, -1 },
+                               { s.ch, WEFT_SEND, &v, -1 } };
+        size_t done = 9;
+        assert_int_equal(weft_select(cases, 3, WEFT_FOREVER, &done), 0);
+        assert_true(done == 0 || done == 2);
+        assert_int_equal(cases[done].err, 0);
+        assert_int_equal(weft_chan_free_checked(never), 0);
+    } else {
+        /* The only sender: its values, then a close, which lets the owner
+         * see EPIPE and free the channel while the close returns. */
+        for (int i = 0; i < FREE_CLOSER_VALUES; i++, v++)
+            assert_int_equal(weft_chan_send(s.ch, &v, WEFT_FOREVER), 0);
+        assert_int_equal(weft_chan_close(s.ch), 0);
+    }
+    return NULL;
+}
+
+/* Receives once, the way round r asks: recv, recv with a deadline, or a
+ * select with a second case that is never ready. */
+static int free_receive(weft_chan *ch, weft_chan *never, int r, int *v)
+{
+    switch (r % 3) {
+    case 0:
+        return weft_chan_recv(ch, v, WEFT_FOREVER);
+    case 1:
+        return weft_chan_recv(ch, v, in_ms(60000));
+    default: {
+        int sink;
+        weft_case cases[2] = { { never, WEFT_RECV, &sink, -1 }, { ch, WEFT_RECV, v, -1 } };
+        size_t done = 9;
+        assert_int_equal(weft_select(cases, 2, WEFT_FOREVER, &done), 0);
+        assert_int_equal(done, 1);
+        return cases[1].err;
+    }
+    }
+}
+
+static void *free_owner(void *arg)
+{
+    int owner = (int)(intptr_t)arg;
+    weft_chan *never;
+    assert_int_equal(weft_chan_make(&never, sizeof(int), 0), 0);
+    struct free_sender senders[FREE_SENDERS];
+    for (int r = 0; r < FREE_ROUNDS; r++) {
+        int base = (owner * FREE_ROUNDS + r) * 100, v, sum = 0;
+        size_t cap = (size_t)(r / 3 % 3 == 0 ? 0 : r / 3 % 3 == 1 ? 1 : FREE_SENDERS);
+        weft_chan *ch;
+        assert_int_equal(weft_chan_make(&ch, sizeof(int), cap), 0);
+        if (r % 4 == 3) {
+            senders[0] = (struct free_sender){ ch, base, BY_CLOSER };
+            assert_int_equal(weft_spawn(NULL, NULL, send_and_return, &senders[0]), 0);
+            int got = 0, rc;
+            while ((rc = free_receive(ch, never, r, &v)) == 0) {
+                assert_int_equal(v, base + got);
+                got++;
+            }
+            assert_int_equal(rc, EPIPE);
+            assert_int_equal(got, FREE_CLOSER_VALUES);
+        } else {
+            for (int i = 0; i < FREE_SENDERS; i++) {
+                senders[i] = (struct free_sender){ ch, base + i, (r + i) % BY_CLOSER };
+                assert_int_equal(weft_spawn(NULL, NULL, send_and_return, &senders[i]), 0);
+            }
+            for (int i = 0; i < FREE_SENDERS; i++) {
+                assert_int_equal(free_receive(ch, never, r, &v), 0);
+                sum += v - base;
+            }
+            assert_int_equal(sum, FREE_SENDERS * (FREE_SENDERS - 1) / 2);
+        }
+        /* At once: some sender may still be returning from its call. */
+        assert_int_equal(weft_chan_free_checked(ch), 0);
+    }
+    assert_int_equal(weft_chan_free_checked(never), 0);
+    return NULL;
+}
+
+static void *free_main(void *arg)
+{
+    (void)arg;
+    weft_co *owners[FREE_OWNERS];
+    for (int i = 0; i < FREE_OWNERS; i++)
+        assert_int_equal(weft_spawn(&owners[i], NULL, free_owner, (void *)(intptr_t)i), 0);
+    for (int i = 0; i < FREE_OWNERS; i++)
+        assert_int_equal(weft_join(owners[i], NULL), 0);
+    return NULL;
+}
+
+static void test_chan_may_be_freed_once_last_value_is_received(void **state)
+{
+    (void)state;
+    assert_int_equal(weft_main(&two_workers, free_main, NULL, NULL), 0);
+}
+
 /* --- bad input ------------------------------------------------------------------- */
 
 static void test_chan_bad_input_gets_error_codes(void **state)
@@ -874,6 +1005,7 @@ int main(void)
         cmocka_unit_test(test_select_with_null_channel_never_picks_it),
         cmocka_unit_test(test_select_waits_and_completes_by_send_recv_or_close),
         cmocka_unit_test(test_select_never_loses_or_duplicates_under_concurrency),
+        cmocka_unit_test(test_chan_may_be_freed_once_last_value_is_received),
         cmocka_unit_test(test_chan_plain_threads_feed_and_drain_coroutine_pipeline),
         cmocka_unit_test(test_chan_works_between_plain_threads_without_runtime),
         cmocka_unit_test(test_chan_bad_input_gets_error_codes),

@@ -76,15 +76,14 @@ void weft__co_cache_drain(weft__worker *w)
 
 void weft__co_entry(void *value, void *arg)
 {
-    (void)value;
     weft__fiber_started();
+    weft__settle(value); /* the switch into a new coroutine passes its worker */
     weft_co *co = arg;
     co->result = co->fn(co->arg);
-    co->why = WEFT__WHY_DONE;
-    weft__fiber_exit(&co->fiber, &weft__worker_self()->fiber, NULL);
+    weft__exit(weft__worker_self(), co);
 }
 
-/* On the scheduler's stack, after the coroutine's last switch. */
+/* After the coroutine's last switch, on the stack it switched to. */
 void weft__co_finished(weft__worker *w, weft_co *co)
 {
     weft__fiber_destroy(&co->fiber);

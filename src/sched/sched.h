@@ -89,6 +89,7 @@ typedef struct weft__worker {
     weft__fiber fiber;               /* the scheduler's own stack */
     weft_co *current;                /* running coroutine (owner only) */
     weft_co *runnext;                /* woken coroutine to run next (owner only) */
+    weft_co *prev;                   /* switched away from, not yet settled */
     unsigned runnext_streak;         /* consecutive runnext runs (starvation bound) */
     unsigned wake_streak;            /* consecutive wakeq runs (starvation bound) */
     unsigned index;
@@ -215,8 +216,15 @@ int weft__submit(weft__worker *w, weft_co *co);
 /* Wakes a sleeping worker if there is one and nobody is spinning. */
 void weft__notify(void);
 
-/* Parks the calling coroutine: switches to the scheduler, which then calls
- * after(arg) on its own stack. If after returns false the coroutine
+/* Runs what the coroutine that just switched away left to do (worker.c);
+ * every landing after a switch calls it first. */
+void weft__settle(weft__worker *w);
+/* Ends the calling coroutine (its function returned). */
+__attribute__((noreturn)) void weft__exit(weft__worker *w, weft_co *co);
+
+/* Parks the calling coroutine: switches away (to the next coroutine or
+ * the scheduler), and the side that lands calls after(arg) once this
+ * coroutine's stack is no longer in use. If after returns false the coroutine
  * resumes at once; otherwise it stays parked until weft__ready. Returns the
  * worker the coroutine resumed on. */
 weft__worker *weft__park(bool (*after)(void *arg), void *arg);

@@ -414,12 +414,15 @@ static weft_co *find_work(weft__worker *w)
 
 /* --- running ------------------------------------------------------------------ */
 
-static void run(weft__worker *w, weft_co *co)
+/* Makes a queue entry ready to switch into: resolves a spawn entry (NULL
+ * for a tombstone) and gives a first run its stack. */
+static weft_co *prepare(weft__worker *w, weft_co *entry)
 {
-    if (weft__is_spawn_entry(co)) {
+    weft_co *co = entry;
+    if (weft__is_spawn_entry(entry)) {
         /* A spawn's queue entry: the coroutine is ours to start unless its
          * joiner claimed it (co.c); then the entry is a tombstone. */
-        co = weft__entry_co(co);
+        co = weft__entry_co(entry);
         unsigned q = atomic_load_explicit(&co->qstate, memory_order_relaxed);
         if (q != WEFT__Q_TAKEN) /* TAKEN from the start: detached */
             q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
@@ -427,7 +430,7 @@ static void run(weft__worker *w, weft_co *co)
             if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
                 WEFT__Q_JOINER_DONE)
                 weft__co_free(w, co);
-            return;
+            return NULL;
         }
     }
     if (!co->resume) {
@@ -439,32 +442,79 @@ static void run(weft__worker *w, weft_co *co)
         weft__fiber_init(&co->fiber, s, WEFT__FIBER_COROUTINE, co->name, weft__co_entry, co);
         co->resume = &co->fiber;
     }
-    for (;;) {
-        w->current = co;
-        co->last_worker = w;
-        weft__count(&w->stats.switches);
-        weft__fiber_switch(&w->fiber, co->resume, w);
-        /* The coroutine that switched back: not `co` when co ran a child
-         * inline (co.c) and the child parked or yielded. */
-        co = w->current;
-        w->current = NULL;
-        switch (co->why) {
-        case WEFT__WHY_YIELD:
-            local_push(w, co);
-            if (weft__rt.nworkers > 1)
-                weft__notify();
-            return;
-        case WEFT__WHY_PARK:
-            if (co->after(co->after_arg)) {
-                weft__count(&w->stats.parks);
-                return;
-            }
-            continue; /* the wait completed meanwhile: resume at once */
-        default:
-            weft__co_finished(w, co);
-            return;
-        }
+    return co;
+}
+
+/* Whatever switches into a coroutine or into the scheduler leaves in
+ * w->prev the coroutine it switched away from; the side that lands runs
+ * this first. It acts for the coroutine that left, now that its stack is
+ * no longer in use: a yielded coroutine goes to the back of the deque, a
+ * parked one's callback runs (Go's unlockf), a finished one is ended.
+ * Doing it after the switch is what makes the direct switch safe: nobody
+ * can take a coroutine from a queue while it still runs on its stack. */
+void weft__settle(weft__worker *w)
+{
+    weft_co *prev = w->prev;
+    if (!prev)
+        return;
+    w->prev = NULL;
+    switch (prev->why) {
+    case WEFT__WHY_YIELD:
+        local_push(w, prev);
+        if (weft__rt.nworkers > 1)
+            weft__notify();
+        break;
+    case WEFT__WHY_PARK:
+        if (prev->after(prev->after_arg))
+            weft__count(&w->stats.parks);
+        else
+            weft__ready(prev, true); /* completed meanwhile: runs next */
+        break;
+    default:
+        weft__co_finished(w, prev);
+        break;
     }
+}
+
+/* Switches away from coroutine `co` (running on fiber `from`), which has
+ * set co->why: straight into the next runnable coroutine of this worker
+ * when there is one (one switch instead of two through the scheduler), else
+ * to the scheduler. Returns the worker the coroutine resumes on; it has
+ * settled by then. */
+static weft__worker *switch_out(weft__worker *w, weft_co *co, weft__fiber *from)
+{
+    w->prev = co;
+    run_timers(w, false);
+    weft_co *next = NULL, *entry;
+    while ((entry = local_next(w)) != NULL && (next = prepare(w, entry)) == NULL)
+        ;
+    if (next) {
+        w->current = next;
+        next->last_worker = w;
+        weft__count(&w->stats.switches);
+        if (co->why == WEFT__WHY_DONE)
+            weft__fiber_exit(from, next->resume, w);
+        w = weft__fiber_switch(from, next->resume, w);
+    } else {
+        w->current = NULL;
+        if (co->why == WEFT__WHY_DONE)
+            weft__fiber_exit(from, &w->fiber, w);
+        w = weft__fiber_switch(from, &w->fiber, w);
+    }
+    weft__settle(w);
+    return w;
+}
+
+static void run(weft__worker *w, weft_co *entry)
+{
+    weft_co *co = prepare(w, entry);
+    if (!co)
+        return;
+    w->current = co;
+    co->last_worker = w;
+    weft__count(&w->stats.switches);
+    weft__fiber_switch(&w->fiber, co->resume, w);
+    weft__settle(w);
 }
 
 static void *worker_main(void *arg)
@@ -539,7 +589,14 @@ weft__worker *weft__park(bool (*after)(void *arg), void *arg)
     co->why = WEFT__WHY_PARK;
     weft__fiber *cur = weft__fiber_current();
     co->resume = cur;
-    return weft__fiber_switch(cur, &w->fiber, NULL);
+    return switch_out(w, co, cur);
+}
+
+void weft__exit(weft__worker *w, weft_co *co)
+{
+    co->why = WEFT__WHY_DONE;
+    switch_out(w, co, &co->fiber);
+    __builtin_unreachable();
 }
 
 void weft_yield(void)
@@ -553,7 +610,7 @@ void weft_yield(void)
     co->why = WEFT__WHY_YIELD;
     weft__fiber *cur = weft__fiber_current();
     co->resume = cur;
-    weft__fiber_switch(cur, &w->fiber, NULL);
+    switch_out(w, co, cur);
 }
 
 weft_co *weft_self(void)
