@@ -11,6 +11,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "weft.h"
 
@@ -358,6 +360,29 @@ static void test_sched_self_worker_and_stats_report_the_runtime(void **state)
     assert_int_equal(weft_stats_get(&st), EPERM);
 }
 
+/* --- idling ----------------------------------------------------------------------------------- */
+
+static double cpu_seconds(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
+           u.ru_stime.tv_usec / 1e6;
+}
+
+static void test_sched_idle_runtime_sleeps_in_the_kernel(void **state)
+{
+    (void)state;
+    assert_int_equal(weft_start(&two_workers), 0);
+    usleep(100 * 1000); /* past the spinning phase */
+    double before = cpu_seconds();
+    usleep(500 * 1000);
+    double used = cpu_seconds() - before;
+    assert_int_equal(weft_stop(), 0);
+    /* Under 1% of one core over half a second, for both workers together. */
+    assert_true(used < 0.005);
+}
+
 /* --- bad input ------------------------------------------------------------------------------- */
 
 static void *inside(void *arg)
@@ -414,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_sched_sleep_never_wakes_early_on_idle_workers),
         cmocka_unit_test(test_sched_generator_may_park_inside_a_coroutine),
         cmocka_unit_test(test_sched_self_worker_and_stats_report_the_runtime),
+        cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
