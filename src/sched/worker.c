@@ -50,6 +50,7 @@
 #define RUNNEXT_MAX 16
 #define STEAL_MAX 32
 #define WAKE_MAX 32
+#define TRIM_IDLE_NS (20 * 1000000LL)
 
 weft__runtime weft__rt;
 
@@ -203,9 +204,6 @@ static void sleep_worker(weft__worker *w)
 {
     stop_spinning(w, false);
     weft__live_return(w); /* so weft_stop can see 0 while we sleep */
-    /* Idle: give surplus pooled stacks back to the system, a bounded
-     * batch at a time so new work is not kept waiting long. */
-    weft__stack_trim(256);
     atomic_store_explicit(&w->wake_word, 0, memory_order_relaxed);
     weft__lock_acquire(&weft__rt.idle_lock);
     weft__rt.idle[weft__rt.idle_len++] = w->index;
@@ -217,11 +215,22 @@ static void sleep_worker(weft__worker *w)
     bool woken = false;
     if (!work_visible() && !atomic_load(&shutdown_flag)) {
         int64_t next = atomic_load_explicit(&w->timer_next, memory_order_relaxed);
-        int64_t deadline = next == INT64_MAX ? WEFT_FOREVER : next;
+        /* Surplus pooled stacks go back to the system only after the
+         * worker has been idle a while (TRIM_IDLE_NS): trimming at every
+         * brief idle moment unmapped stacks a busy phase needed again a
+         * millisecond later (skynet spent a tenth of its time so). */
+        int64_t trim_at = weft_now() + TRIM_IDLE_NS;
         /* Acquire: pairs with wake_worker's release. */
         while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0) {
-            if (weft__futex_wait(&w->wake_word, 0, deadline) == ETIMEDOUT)
-                break;
+            int64_t deadline = next < trim_at ? next : trim_at;
+            if (deadline == INT64_MAX)
+                deadline = WEFT_FOREVER;
+            if (weft__futex_wait(&w->wake_word, 0, deadline) != ETIMEDOUT)
+                continue;
+            if (next != INT64_MAX && weft_now() >= next)
+                break; /* a timer is due */
+            if (weft__stack_trim(256) == 0)
+                trim_at = INT64_MAX; /* nothing left to trim: sleep on */
         }
     }
     if (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 1)
