@@ -352,9 +352,13 @@ void *weft_ctx_switch(weft_ctx *to, void *value)
 {
     /* This is the ctx benchmark's whole path besides the assembly: a few
      * loads and tests, two TLS stores and a tail jump into weft__ctx_jump.
-     * Contexts never change threads, so TLS is read directly. */
+     * Contexts never change threads, so TLS is read directly. A worker
+     * thread needs no test here: ctx_running is set only by
+     * thread_ctx(), which every caller reaches after its worker check, so
+     * it stays NULL on a worker thread (a thread the scheduler starts) and
+     * the slow path answers there. */
     struct weft_ctx *cur = ctx_running;
-    if (WEFT_UNLIKELY(!to || !cur || to == cur || to->dead || weft__tls_on_worker))
+    if (WEFT_UNLIKELY(!to || !cur || to == cur || to->dead))
         return ctx_switch_slow(to, value);
     ctx_running = to;
     return fiber_switch(&cur->fiber, &to->fiber, value);
