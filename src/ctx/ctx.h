@@ -72,6 +72,11 @@ void weft__fiber_started(void);
  * from another fiber. Does not free the stack. */
 void weft__fiber_destroy(weft__fiber *f);
 
+/* The running fiber of the calling thread (NULL before its first use of
+ * fibers). Code that reads it directly must do so before any switch in
+ * the same function; otherwise use weft__fiber_current(). */
+extern WEFT_TLS weft__fiber *weft__tls_fiber;
+
 /* The calling thread's running fiber, and its own (thread-stack) fiber.
  * Not inlined: a coroutine may resume on another thread, and the compiler
  * must not reuse one thread's TLS address after a switch. */

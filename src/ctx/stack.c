@@ -68,7 +68,6 @@
 #define POOL_KEEP 1024
 #define BATCH 32
 
-extern WEFT_TLS weft__fiber *weft__tls_fiber; /* ctx.c */
 
 static size_t page_bytes;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;

@@ -141,22 +141,6 @@ static void queue_unlink(chan_node *n)
     n->queue = NULL;
 }
 
-/* Claims n's waiter for the caller, who holds the lock of n's channel. */
-static inline bool claim(chan_node *n)
-{
-    if (WEFT_LIKELY(n->exclusive)) {
-        /* Relaxed: nobody but a holder of this lock can claim this waiter
-         * (no timer, no other channel), and one that did also unlinked it,
-         * so a linked exclusive node is always WAITING. The lock orders the
-         * waiter's writes before ours; a plain thread reads the result
-         * after the release store of WOKEN in weft__waiter_wake. Saves the
-         * locked CAS of weft__waiter_claim on the common path. */
-        atomic_store_explicit(&n->w->state, WEFT__WAIT_CLAIMED, memory_order_relaxed);
-        return true;
-    }
-    return weft__waiter_claim(n->w);
-}
-
 /* Unlinks a node the caller just claimed, and for a select every other
  * node of it on this channel (two cases may name one channel): the select
  * then never needs this channel again, which may be freed as soon as the
@@ -166,7 +150,7 @@ static inline bool claim(chan_node *n)
 static void unlink_claimed(weft_chan *ch, chan_node *n)
 {
     chan_select *s = n->sel;
-    if (WEFT_LIKELY(!s)) {
+    if (!s) {
         queue_unlink(n);
         return;
     }
@@ -177,21 +161,55 @@ static void unlink_claimed(weft_chan *ch, chan_node *n)
     }
 }
 
+/* queue_take past an head that is not exclusive: CAS claims, stale nodes
+ * skipped. */
+static WEFT_NOINLINE chan_node *queue_take_slow(weft_chan *ch, chan_queue *q)
+{
+    for (chan_node *n = q->head; n; n = n->next) {
+        if (n->exclusive) {
+            /* Relaxed: see queue_take. */
+            atomic_store_explicit(&n->w->state, WEFT__WAIT_CLAIMED, memory_order_relaxed);
+            queue_unlink(n);
+            return n;
+        }
+        if (weft__waiter_claim(n->w)) {
+            unlink_claimed(ch, n);
+            return n;
+        }
+    }
+    return NULL;
+}
+
 /* The oldest node whose waiter this call claims, unlinked; NULL if none.
  * Stale nodes (a waiter the deadline claimed, or a select claimed on
  * another channel) are skipped, never unlinked: only their owner unlinks
  * them, so a linked node means its owner is still inside a call on this
  * channel (weft_chan_free_checked's EBUSY), and the channel cannot be
  * freed under the owner's feet. */
-static chan_node *queue_take(weft_chan *ch, chan_queue *q)
+static inline chan_node *queue_take(weft_chan *ch, chan_queue *q)
 {
-    for (chan_node *n = q->head; n; n = n->next) {
-        if (claim(n)) {
-            unlink_claimed(ch, n);
-            return n;
-        }
+    chan_node *n = q->head;
+    if (!n)
+        return NULL;
+    if (WEFT_LIKELY(n->exclusive)) {
+        /* Relaxed: nobody but a holder of this lock can claim an exclusive
+         * waiter (no timer, no other channel), and one that did also
+         * unlinked it, so a linked exclusive node is WAITING. The lock
+         * orders the waiter's writes before ours; a plain thread reads the
+         * result after the release store of WOKEN in weft__waiter_wake.
+         * This saves the locked CAS of weft__waiter_claim. */
+        atomic_store_explicit(&n->w->state, WEFT__WAIT_CLAIMED, memory_order_relaxed);
+        /* The head leaves. Its own fields stay: its owner never unlinks
+         * it again (only a deadline, which it has not, makes it do so). */
+        chan_node *next = n->next;
+        q->head = next;
+        if (next)
+            next->prev = NULL;
+        else
+            q->tail = NULL;
+        return n;
     }
-    return NULL;
+    return queue_take_slow(ch, q);
 }
 
 /* Whether a claimable node may be waiting. A timer may still claim it
@@ -261,7 +279,7 @@ static inline unsigned char *slot(weft_chan *ch, size_t i)
 }
 
 /* 0 sent, EPIPE closed, EAGAIN would wait. *woken: a waiter to wake. */
-static inline int try_send(weft_chan *ch, const void *elem, chan_node **woken)
+static inline __attribute__((always_inline)) int try_send(weft_chan *ch, const void *elem, chan_node **woken)
 {
     if (WEFT_UNLIKELY(ch->closed))
         return EPIPE;
@@ -282,7 +300,7 @@ static inline int try_send(weft_chan *ch, const void *elem, chan_node **woken)
 }
 
 /* 0 received, EPIPE closed and drained, EAGAIN would wait. */
-static inline int try_recv(weft_chan *ch, void *elem, chan_node **woken)
+static inline __attribute__((always_inline)) int try_recv(weft_chan *ch, void *elem, chan_node **woken)
 {
     if (ch->len > 0) {
         if (elem)
@@ -330,7 +348,8 @@ static inline bool deadline_pending(int64_t deadline)
  * node linked, so only then does the caller touch ch again: a claimer
  * (the other side, or a close) unlinked it, and the other side may have
  * freed ch since. */
-static int chan_wait(weft_chan *ch, chan_queue *q, void *elem, int64_t deadline)
+static inline __attribute__((always_inline)) int chan_wait(weft_chan *ch, chan_queue *q,
+                                                        void *elem, int64_t deadline)
 {
     weft__waiter w;
     weft__waiter_init(&w, deadline);

@@ -67,7 +67,7 @@ void weft__deque_destroy(weft__deque *d)
     atomic_store_explicit(&d->array, NULL, memory_order_relaxed);
 }
 
-static weft__deque_array *grow(weft__deque *d, weft__deque_array *a, int64_t top, int64_t bottom)
+weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_t top, int64_t bottom)
 {
     weft__deque_array *bigger = array_new((a->mask + 1) * 2);
     if (!bigger)
@@ -83,25 +83,6 @@ static weft__deque_array *grow(weft__deque *d, weft__deque_array *a, int64_t top
     return bigger;
 }
 
-int weft__deque_push(weft__deque *d, void *item)
-{
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    /* Acquire: pairs with thieves' CAS on top, so the slot they vacated
-     * is not overwritten before they read it. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
-    if (WEFT_UNLIKELY(b - t > a->mask)) {
-        a = grow(d, a, t, b);
-        if (!a)
-            return ENOMEM;
-    }
-    atomic_store_explicit(&a->slots[b & a->mask], item, memory_order_relaxed);
-    /* Release: the slot write is visible before the new bottom; pairs with
-     * the acquire load of bottom in steal (Lê et al. use a release fence
-     * and a relaxed store: the same on x86 and AArch64, and TSan-visible). */
-    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
-    return 0;
-}
 
 void *weft__deque_steal(weft__deque *d)
 {
@@ -124,25 +105,7 @@ void *weft__deque_steal(weft__deque *d)
     return item;
 }
 
-void *weft__deque_take(weft__deque *d)
-{
-    /* The owner takes the oldest item exactly as a thief does, but retries
-     * a lost race: only another taker can win it, and the owner's queue is
-     * the first place to look. */
-    for (;;) {
-        int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-        int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-        if (t >= b)
-            return NULL;
-        /* Relaxed: the owner wrote the array and the slots itself. */
-        weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
-        void *item = atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
-        /* Seq_cst CAS, as in steal: the race for slot t. */
-        if (atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1, memory_order_seq_cst,
-                                                    memory_order_relaxed))
-            return item;
-    }
-}
+
 
 int weft__deque_retract(weft__deque *d, void *item)
 {
@@ -179,9 +142,3 @@ void *weft__deque_peek_newest(weft__deque *d)
     return atomic_load_explicit(&a->slots[b & a->mask], memory_order_relaxed);
 }
 
-int64_t weft__deque_size(weft__deque *d)
-{
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
-    return b > t ? b - t : 0;
-}

@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include <errno.h>
+
 #include "../atomic.h"
 
 #if defined(WEFT_TESTING)
@@ -36,9 +38,12 @@ void weft__deque_destroy(weft__deque *d);
 
 /* Owner: appends at the bottom (the newest end); grows when full.
  * 0 or ENOMEM (the item was not added). */
-int weft__deque_push(weft__deque *d, void *item);
+static inline int weft__deque_push(weft__deque *d, void *item);
 /* Owner: takes the oldest item (FIFO), or NULL when empty. */
-void *weft__deque_take(weft__deque *d);
+static inline void *weft__deque_take(weft__deque *d);
+/* Owner, when no thread can steal (a runtime of one worker): the same as
+ * weft__deque_take without the CAS. */
+static inline void *weft__deque_take_solo(weft__deque *d);
 /* Owner: removes `item` if it is the newest one; 1 if removed, 0 if not
  * (not the newest, or taken by a thief meanwhile). */
 int weft__deque_retract(weft__deque *d, void *item);
@@ -49,6 +54,74 @@ void *weft__deque_peek_newest(weft__deque *d);
  * race with another taker (callers treat both as "try elsewhere"). */
 void *weft__deque_steal(weft__deque *d);
 /* Any thread: a snapshot of the item count (may be stale at once). */
-int64_t weft__deque_size(weft__deque *d);
+static inline int64_t weft__deque_size(weft__deque *d);
+
+/* --- The owner's hot paths, inline: they run on every spawn, yield and
+ * wake-up. The orderings are explained in deque.c's design comment. --- */
+
+/* Doubles the array (deque.c); NULL when out of memory. */
+weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_t top,
+                                    int64_t bottom);
+
+static inline int weft__deque_push(weft__deque *d, void *item)
+{
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    /* Acquire: pairs with thieves' CAS on top, so the slot they vacated
+     * is not overwritten before they read it. */
+    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
+    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+    if (WEFT_UNLIKELY(b - t > a->mask)) {
+        a = weft__deque_grow(d, a, t, b);
+        if (!a)
+            return ENOMEM;
+    }
+    atomic_store_explicit(&a->slots[b & a->mask], item, memory_order_relaxed);
+    /* Release: the slot write is visible before the new bottom; pairs with
+     * the acquire load of bottom in steal (Lê et al. use a release fence
+     * and a relaxed store: the same on x86 and AArch64, and TSan-visible). */
+    atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
+    return 0;
+}
+
+static inline void *weft__deque_take(weft__deque *d)
+{
+    /* The owner takes the oldest item exactly as a thief does, but retries
+     * a lost race: only another taker can win it, and the owner's queue is
+     * the first place to look. */
+    for (;;) {
+        int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
+        int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+        if (t >= b)
+            return NULL;
+        /* Relaxed: the owner wrote the array and the slots itself. */
+        weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+        void *item = atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
+        /* Seq_cst CAS, as in steal: the race for slot t. */
+        if (atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1, memory_order_seq_cst,
+                                                    memory_order_relaxed))
+            return item;
+    }
+}
+
+static inline void *weft__deque_take_solo(weft__deque *d)
+{
+    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    if (t >= b)
+        return NULL;
+    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+    void *item = atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
+    /* Relaxed: no thief exists; the store is only for the owner itself
+     * and for weft__deque_size's snapshot readers. */
+    atomic_store_explicit(&d->top, t + 1, memory_order_relaxed);
+    return item;
+}
+
+static inline int64_t weft__deque_size(weft__deque *d)
+{
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    return b > t ? b - t : 0;
+}
 
 #endif

@@ -333,6 +333,13 @@ static weft_co *steal_round(weft__worker *w)
     return NULL;
 }
 
+/* The owner's FIFO take: without its CAS when one worker is all there is
+ * (nobody steals; plain threads never touch a deque). */
+static inline weft_co *take(weft__deque *d)
+{
+    return weft__rt.nworkers == 1 ? weft__deque_take_solo(d) : weft__deque_take(d);
+}
+
 static weft_co *local_next(weft__worker *w)
 {
     w->tick++;
@@ -350,12 +357,12 @@ static weft_co *local_next(weft__worker *w)
         return co;
     }
     w->runnext_streak = 0;
-    if (w->wake_streak < WAKE_MAX && (co = weft__deque_take(&w->wakeq)) != NULL) {
+    if (w->wake_streak < WAKE_MAX && (co = take(&w->wakeq)) != NULL) {
         w->wake_streak++;
         return co;
     }
     w->wake_streak = 0;
-    if ((co = weft__deque_take(&w->deque)) != NULL || (co = weft__deque_take(&w->wakeq)) != NULL)
+    if ((co = take(&w->deque)) != NULL || (co = take(&w->wakeq)) != NULL)
         return co;
     if ((co = w->runnext) != NULL) {
         w->runnext = NULL;
@@ -589,14 +596,17 @@ int weft__submit(weft__worker *w, weft_co *co)
     return 0;
 }
 
+/* weft__park and weft_yield read the thread-locals directly: nothing
+ * reads them after the switch in these functions, where the compiler
+ * could reuse another thread's TLS address. */
 weft__worker *weft__park(bool (*after)(void *arg), void *arg)
 {
-    weft__worker *w = weft__worker_self();
+    weft__worker *w = tls_worker;
     weft_co *co = w->current;
     co->after = after;
     co->after_arg = arg;
     co->why = WEFT__WHY_PARK;
-    weft__fiber *cur = weft__fiber_current();
+    weft__fiber *cur = weft__tls_fiber;
     co->resume = cur;
     return switch_out(w, co, cur);
 }
@@ -610,14 +620,14 @@ void weft__exit(weft__worker *w, weft_co *co)
 
 void weft_yield(void)
 {
-    weft__worker *w = weft__worker_self();
+    weft__worker *w = tls_worker;
     if (!w || !w->current) {
         sched_yield();
         return;
     }
     weft_co *co = w->current;
     co->why = WEFT__WHY_YIELD;
-    weft__fiber *cur = weft__fiber_current();
+    weft__fiber *cur = weft__tls_fiber;
     co->resume = cur;
     switch_out(w, co, cur);
 }
