@@ -211,6 +211,14 @@ WEFT_API int weft_chan_close(weft_chan *ch);
 /* Frees ch, open or closed, with any values still buffered, unless a
  * caller is waiting on it (sending, receiving or in weft_select): then
  * nothing is freed. Nobody may use ch afterwards. Any thread.
+ * ch may be freed as soon as no further call on it can come: in
+ * particular by its receiver right after it received the last value (or
+ * EPIPE after the only sender's close), even while those senders are
+ * still returning from weft_chan_send, weft_select or weft_chan_close. No
+ * call touches ch after the other side can see its effect (the value
+ * taken or delivered, the close). A call whose deadline has passed, and a
+ * select that completed on another channel, still count as waiting on ch
+ * until they return.
  * Returns 0; EBUSY if ch has waiters (ch is left as it was); EINVAL if ch
  * is NULL. */
 WEFT_API int weft_chan_free_checked(weft_chan *ch);
