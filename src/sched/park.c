@@ -70,24 +70,29 @@ struct park_args {
     weft__lock *lock;
 };
 
-/* Runs on the scheduler's stack once the coroutine is switched out.
- * Nobody can claim w before the lock is released (and without a lock, as
- * for a sleep, only the timer can), so the claim below cannot fail. */
+/* Runs on the landing side once the coroutine is switched out. Nobody
+ * but the timer can claim w before the lock is released. Once the timer is
+ * in a heap it can fire at once (a thief fires a busy worker's timers),
+ * and the coroutine can then resume elsewhere and return, ending the
+ * frame that holds *p and *w: so nothing here reads them after
+ * weft__timer_add succeeds (TSan caught the first version doing so). */
 static bool after_switch(void *arg)
 {
     struct park_args *p = arg;
     weft__waiter *w = p->w;
-    bool parked = true;
+    weft__lock *lock = p->lock;
     if (w->deadline != WEFT_FOREVER && weft__timer_add(weft__worker_self(), w) != 0) {
-        /* No memory for the timer: time out now rather than never. */
-        if (weft__waiter_claim(w)) {
+        /* No memory for the timer: time out now rather than never. Not in
+         * any heap, so w is still ours to write. */
+        if (weft__waiter_claim(w))
             w->result = ETIMEDOUT;
-            parked = false;
-        }
+        if (lock)
+            weft__lock_release(lock);
+        return false;
     }
-    if (p->lock)
-        weft__lock_release(p->lock);
-    return parked;
+    if (lock)
+        weft__lock_release(lock);
+    return true;
 }
 
 static int wait_thread(weft__waiter *w, weft__lock *lock)
