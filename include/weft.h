@@ -86,10 +86,10 @@ typedef struct weft_attr {
  * detached; otherwise *co is a handle for exactly one weft_join or
  * weft_detach. attr may be NULL. On one worker, coroutines start in spawn
  * order. The coroutine gets its stack when it first runs. Any thread.
- * Backpressure: when the calling coroutine's worker already holds more
- * than 4096 spawned coroutines that have not started, the caller yields
- * after spawning (as weft_yield), so a spawning loop cannot outrun the
- * workers without bound.
+ * Backpressure: a coroutine that has spawned more than 4096 coroutines
+ * since it last waited or yielded, while its worker holds more than 4096
+ * that have not started, yields after spawning (as weft_yield), so a
+ * spawning loop cannot outrun the workers without bound.
  * Returns 0; EINVAL if fn is NULL; EPERM if the runtime is not running;
  * ENOMEM. */
 WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr,

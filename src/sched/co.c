@@ -147,10 +147,17 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     int err = weft__submit(w, co);
     /* Backpressure: a coroutine spawning in a loop faster than the
      * workers start its children would pile up an unbounded backlog of
-     * descriptors (the spawn workload reached 500,000). Past a bound the
-     * spawner yields, so its own worker starts the backlog too. */
-    if (w && w->current && weft__deque_size(&w->deque) > SPAWN_BACKLOG)
+     * descriptors (the spawn workload reached 500,000). A coroutine that
+     * has itself spawned more than the bound since it last switched, onto
+     * a backlog above the bound, yields, so its worker starts the backlog
+     * too. Only the bulk spawner: yielding every coroutine that spawns
+     * into a long queue (skynet's nodes spawn 10 each) left parents
+     * suspended mid-spawn while their children parked waiting for them. */
+    if (w && w->current && ++w->spawn_burst > SPAWN_BACKLOG &&
+        weft__deque_size(&w->deque) > SPAWN_BACKLOG) {
+        w->spawn_burst = 0;
         weft_yield();
+    }
     return err;
 }
 

@@ -92,6 +92,8 @@ typedef struct weft__worker {
     weft_co *prev;                   /* switched away from, not yet settled */
     unsigned runnext_streak;         /* consecutive runnext runs (starvation bound) */
     unsigned wake_streak;            /* consecutive wakeq runs (starvation bound) */
+    unsigned spawn_burst;            /* spawns by the current coroutine since it
+                                        was switched in (co.c's backpressure) */
     unsigned index;
     uint64_t tick;                   /* scheduling rounds */
     uint64_t rng;                    /* victim randomisation (xorshift) */

@@ -506,6 +506,7 @@ static weft__worker *switch_out(weft__worker *w, weft_co *co, weft__fiber *from)
         ;
     if (next) {
         w->current = next;
+        w->spawn_burst = 0;
         next->last_worker = w;
         weft__count(&w->stats.switches);
         if (co->why == WEFT__WHY_DONE)
@@ -527,6 +528,7 @@ static void run(weft__worker *w, weft_co *entry)
     if (!co)
         return;
     w->current = co;
+    w->spawn_burst = 0;
     co->last_worker = w;
     weft__count(&w->stats.switches);
     weft__fiber_switch(&w->fiber, co->resume, w);
