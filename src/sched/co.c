@@ -36,15 +36,67 @@
 #define SPAWN_BACKLOG 4096
 
 
+/* Descriptors move between workers in batches: a coroutine is often
+ * spawned on one worker and ends on another, so one worker's free list
+ * overflows while the spawner's runs dry and falls back on jemalloc for
+ * every spawn. A full list hands a batch of BATCH to a shared stack of
+ * batches (one lock per BATCH descriptors); an empty one takes a batch. */
+#define BATCH 128
+#define SHARED_BATCHES_MAX 64
+
+static weft__lock batches_lock = WEFT__LOCK_INIT;
+static weft_co *batches;          /* batch heads, linked through ->arg */
+static _Atomic unsigned batches_len; /* relaxed reads outside the lock: a hint */
+
 static weft_co *co_alloc(weft__worker *w)
 {
-    if (w && w->free_cos) {
-        weft_co *co = w->free_cos;
-        w->free_cos = co->next;
-        w->free_count--;
-        return co;
+    if (w) {
+        if (WEFT_UNLIKELY(!w->free_cos) && atomic_load_explicit(&batches_len, memory_order_relaxed)) {
+            weft__lock_acquire(&batches_lock);
+            weft_co *batch = batches;
+            if (batch) {
+                batches = batch->arg;
+                batches_len--;
+            }
+            weft__lock_release(&batches_lock);
+            if (batch) {
+                w->free_cos = batch;
+                w->free_count = BATCH;
+            }
+        }
+        if (w->free_cos) {
+            weft_co *co = w->free_cos;
+            w->free_cos = co->next;
+            w->free_count--;
+            return co;
+        }
     }
     return weft__alloc(sizeof(weft_co));
+}
+
+/* Gives BATCH descriptors of w's free list to the shared stack, or
+ * frees them when it is full. */
+static void give_batch(weft__worker *w)
+{
+    weft_co *head = w->free_cos, *tail = head;
+    for (unsigned i = 1; i < BATCH; i++)
+        tail = tail->next;
+    w->free_cos = tail->next;
+    w->free_count -= BATCH;
+    tail->next = NULL;
+    weft__lock_acquire(&batches_lock);
+    if (batches_len < SHARED_BATCHES_MAX) {
+        head->arg = batches;
+        batches = head;
+        batches_len++;
+        head = NULL;
+    }
+    weft__lock_release(&batches_lock);
+    while (head) {
+        weft_co *next = head->next;
+        weft__free(head, sizeof *head);
+        head = next;
+    }
 }
 
 void weft__co_free(weft__worker *w, weft_co *co)
@@ -55,13 +107,15 @@ void weft__co_free(weft__worker *w, weft_co *co)
     }
     /* A stale handle then reads DEAD (EINVAL) until the descriptor is reused. */
     atomic_store_explicit(&co->join, WEFT__JOIN_DEAD, memory_order_relaxed);
-    if (w && w->free_count < FREE_MAX) {
-        co->next = w->free_cos;
-        w->free_cos = co;
-        w->free_count++;
+    if (!w) {
+        weft__free(co, sizeof *co);
         return;
     }
-    weft__free(co, sizeof *co);
+    if (w->free_count >= FREE_MAX)
+        give_batch(w);
+    co->next = w->free_cos;
+    w->free_cos = co;
+    w->free_count++;
 }
 
 void weft__co_cache_drain(weft__worker *w)
@@ -72,6 +126,24 @@ void weft__co_cache_drain(weft__worker *w)
         weft__free(co, sizeof *co);
     }
     w->free_count = 0;
+}
+
+void weft__co_pool_drain(void)
+{
+    weft__lock_acquire(&batches_lock);
+    weft_co *batch = batches;
+    batches = NULL;
+    batches_len = 0;
+    weft__lock_release(&batches_lock);
+    while (batch) {
+        weft_co *next_batch = batch->arg;
+        while (batch) {
+            weft_co *next = batch->next;
+            weft__free(batch, sizeof *batch);
+            batch = next;
+        }
+        batch = next_batch;
+    }
 }
 
 void weft__co_entry(void *value, void *arg)

@@ -53,6 +53,7 @@ int weft__deque_init(weft__deque *d)
     atomic_init(&d->top, 0);
     atomic_init(&d->bottom, 0);
     atomic_init(&d->array, a);
+    d->top_seen = 0;
     return 0;
 }
 

@@ -28,7 +28,12 @@ typedef struct weft__deque {
     /* Written by the owner only. Items live in [top, bottom). */
     _Atomic int64_t bottom;
     _Atomic(weft__deque_array *) array; /* replaced by the owner only */
-    char pad1[WEFT_CACHELINE - sizeof(int64_t) - sizeof(void *)];
+    /* The owner's last reading of top (owner only). top only grows, so it
+     * understates the free room: push re-reads top only when this says
+     * the array may be full, and a spawning owner stops pulling the line
+     * that thieves write on every steal. */
+    int64_t top_seen;
+    char pad1[WEFT_CACHELINE - 2 * sizeof(int64_t) - sizeof(void *)];
 } weft__deque;
 
 /* 0 or ENOMEM. */
@@ -66,14 +71,19 @@ weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_
 static inline int weft__deque_push(weft__deque *d, void *item)
 {
     int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    /* Acquire: pairs with thieves' CAS on top, so the slot they vacated
-     * is not overwritten before they read it. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
     weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
-    if (WEFT_UNLIKELY(b - t > a->mask)) {
-        a = weft__deque_grow(d, a, t, b);
-        if (!a)
-            return ENOMEM;
+    if (WEFT_UNLIKELY(b - d->top_seen > a->mask)) {
+        /* Acquire: pairs with thieves' CAS on top, so the slot they vacated
+         * is not overwritten before they read it. (Between re-reads, a
+         * thief holding a stale top may read a slot we overwrite; its CAS
+         * on that stale top then fails and it drops what it read.) */
+        int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
+        d->top_seen = t;
+        if (b - t > a->mask) {
+            a = weft__deque_grow(d, a, t, b);
+            if (!a)
+                return ENOMEM;
+        }
     }
     atomic_store_explicit(&a->slots[b & a->mask], item, memory_order_relaxed);
     /* Release: the slot write is visible before the new bottom; pairs with

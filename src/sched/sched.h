@@ -203,6 +203,7 @@ void weft__live_return(weft__worker *w); /* gives all credit back */
 void weft__co_free(weft__worker *w, weft_co *co);
 void weft__co_finished(weft__worker *w, weft_co *co);
 void weft__co_cache_drain(weft__worker *w);
+void weft__co_pool_drain(void); /* weft_stop: the shared batches */
 void weft__co_entry(void *value, void *arg);
 
 /* --- scheduling (worker.c) ---------------------------------------------- */

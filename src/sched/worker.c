@@ -810,6 +810,7 @@ int weft_stop(void)
     for (unsigned i = 0; i < weft__rt.nworkers; i++)
         pthread_join(weft__rt.workers[i]->thread, NULL);
     free_workers(weft__rt.nworkers);
+    weft__co_pool_drain();
     weft__stack_trim(UINT32_MAX);
     weft__rt.inject_head = weft__rt.inject_tail = NULL;
     atomic_store(&weft__rt.inject_len, 0);
