@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "overflow_child.h"
+
 #include <errno.h>
 #include <fenv.h>
 #include <signal.h>
@@ -535,49 +537,6 @@ static __attribute__((noinline)) int overflow_down(int n)
     return overflow_down(n + 1) + buf[(n * 7) & 511];
 }
 
-/* weft's SIGSEGV/SIGBUS handlers as installed, saved by main() before
- * cmocka runs: cmocka replaces the handlers around every test with signal(),
- * and its restore reinstalls weft's without SA_SIGINFO and SA_ONSTACK,
- * which an overflow report needs. Each child puts them back. */
-static struct sigaction weft_segv, weft_bus;
-
-/* Runs child() in a child process whose stderr is captured into err;
- * returns the wait status. */
-static int run_child(void (*child)(void), char *err, size_t cap)
-{
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        sigaction(SIGSEGV, &weft_segv, NULL);
-        sigaction(SIGBUS, &weft_bus, NULL);
-        child();
-        _exit(0); /* not reached when the overflow is caught */
-    }
-    close(fds[1]);
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < cap && (n = read(fds[0], err + len, cap - 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        len += (size_t)n;
-    }
-    err[len] = 0;
-    close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    return status;
-}
-
 static void *overflow_ctx(void *v)
 {
     overflow_down(0);
@@ -700,8 +659,7 @@ static void test_ctx_bad_input_gives_einval_or_null(void **state)
 int main(void)
 {
     weft__overflow_init();
-    sigaction(SIGSEGV, NULL, &weft_segv);
-    sigaction(SIGBUS, NULL, &weft_bus);
+    overflow_child_save();
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ctx_greenlet_pingpong_orders_1_3_2_4),

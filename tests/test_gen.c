@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "overflow_child.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -294,9 +296,6 @@ static void test_gen_bad_input_gives_einval(void **state)
 
 /* --- overflow report names the generator ----------------------------------- */
 
-/* weft's fault handlers, saved before cmocka replaces them (see
- * test_ctx.c); the child puts them back. */
-static struct sigaction weft_segv, weft_bus;
 static volatile int never;
 
 static __attribute__((noinline)) int overflow_down(int n)
@@ -314,44 +313,20 @@ static void overflow_gen(weft_gen *g, void *arg)
     weft_gen_yield(g, V(overflow_down(0)));
 }
 
+static void child_overflows_generator(void)
+{
+    weft_attr attr = { .stack_size = 64 * 1024, .name = "lexer" };
+    weft_gen *g;
+    void *v;
+    if (weft_gen_make(&g, &attr, overflow_gen, NULL) == 0)
+        weft_gen_next(g, &v);
+}
+
 static void test_gen_overflow_report_names_the_generator(void **state)
 {
     (void)state;
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        sigaction(SIGSEGV, &weft_segv, NULL);
-        sigaction(SIGBUS, &weft_bus, NULL);
-        weft_attr attr = { .stack_size = 64 * 1024, .name = "lexer" };
-        weft_gen *g;
-        void *v;
-        if (weft_gen_make(&g, &attr, overflow_gen, NULL) == 0)
-            weft_gen_next(g, &v);
-        _exit(0);
-    }
-    close(fds[1]);
     char err[4096];
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < sizeof err && (n = read(fds[0], err + len, sizeof err - 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        len += (size_t)n;
-    }
-    err[len] = 0;
-    close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
+    int status = run_child(child_overflows_generator, err, sizeof err);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGSEGV);
     assert_non_null(strstr(err,
@@ -361,8 +336,7 @@ static void test_gen_overflow_report_names_the_generator(void **state)
 int main(void)
 {
     weft__overflow_init();
-    sigaction(SIGSEGV, NULL, &weft_segv);
-    sigaction(SIGBUS, NULL, &weft_bus);
+    overflow_child_save();
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gen_yields_values_in_order_then_enodata),
