@@ -49,6 +49,20 @@ static WEFT_TLS WEFT_UNUSED _Atomic int weft__fence_private;
 #define weft_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
 #endif
 
+/* The fence between a thief's load of a deque's top and its load of the
+ * bottom (deque.c). The pattern is Dekker's against the owner, who stores
+ * bottom, fences, then loads top. On x86-64 (TSO) loads are not reordered
+ * with older loads and the owner's full fence orders its side, so the
+ * thief needs only the compiler not to reorder: a thief that reads a
+ * stale bottom read its top before the owner's store became visible, so
+ * the owner's later load of top sees no steal yet and both race for the
+ * last slot by CAS. Elsewhere (AArch64, TSan) a seq_cst fence. */
+#if defined(__x86_64__) && !defined(WEFT_TSAN)
+#define weft_fence_load_load() atomic_signal_fence(memory_order_seq_cst)
+#else
+#define weft_fence_load_load() weft_fence_seq_cst()
+#endif
+
 static inline void weft_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -88,10 +88,11 @@ weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_
 void *weft__deque_steal(weft__deque *d)
 {
     int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-    /* Seq_cst fence: orders the top load before the bottom load against the
-     * owner's retract (store bottom; fence; load top), the Dekker pattern
-     * acquire/release cannot express. */
-    weft_fence_seq_cst();
+    /* Orders the top load before the bottom load against the owner's
+     * retract (store bottom; fence; load top), the Dekker pattern
+     * acquire/release cannot express: a seq_cst fence, or on x86-64 only a
+     * compiler barrier (see weft_fence_load_load in atomic.h). */
+    weft_fence_load_load();
     int64_t b = atomic_load_explicit(&d->bottom, memory_order_acquire);
     if (t >= b)
         return NULL;
