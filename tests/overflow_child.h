@@ -1,6 +1,6 @@
 /* Shared by the tests that overflow a stack on purpose (test_ctx.c,
- * test_gen.c): run the overflow in a forked child, capture its stderr,
- * return its wait status.
+ * test_gen.c): a recursion that overflows, and a harness that runs it in
+ * a forked child, captures its stderr and returns its wait status.
  *
  * weft's SIGSEGV/SIGBUS handlers, as installed, are saved by
  * overflow_child_save() in main() before cmocka runs: cmocka replaces the
@@ -18,6 +18,17 @@
 #include <unistd.h>
 
 static struct sigaction weft_segv, weft_bus;
+static volatile int never;
+
+/* Recurses until the stack ends. */
+static __attribute__((noinline, unused)) int overflow_down(int n)
+{
+    volatile char buf[512];
+    buf[n & 511] = (char)n;
+    if (never)
+        return buf[0];
+    return overflow_down(n + 1) + buf[(n * 7) & 511];
+}
 
 static void overflow_child_save(void)
 {

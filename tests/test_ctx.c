@@ -525,18 +525,6 @@ static void test_ctx_default_stack_holds_200_kib_of_frames(void **state)
 
 /* --- overflow reports, in forked children --------------------------------- */
 
-static volatile int never;
-
-/* Recurses until the stack ends. */
-static __attribute__((noinline)) int overflow_down(int n)
-{
-    volatile char buf[512];
-    buf[n & 511] = (char)n;
-    if (never)
-        return buf[0];
-    return overflow_down(n + 1) + buf[(n * 7) & 511];
-}
-
 static void *overflow_ctx(void *v)
 {
     overflow_down(0);

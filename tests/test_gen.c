@@ -296,17 +296,6 @@ static void test_gen_bad_input_gives_einval(void **state)
 
 /* --- overflow report names the generator ----------------------------------- */
 
-static volatile int never;
-
-static __attribute__((noinline)) int overflow_down(int n)
-{
-    volatile char buf[512];
-    buf[n & 511] = (char)n;
-    if (never)
-        return buf[0];
-    return overflow_down(n + 1) + buf[(n * 7) & 511];
-}
-
 static void overflow_gen(weft_gen *g, void *arg)
 {
     (void)arg;
