@@ -258,25 +258,28 @@ static int guard(weft__stack *s, unsigned want)
 static bool guard_batch(char *base, size_t one, unsigned count)
 {
 #if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
-    static _Atomic int pidfd = -1;
-    static _Atomic pid_t pidfd_pid;
+    static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
+    static int pidfd = -1;      /* under pidfd_lock */
+    static pid_t pidfd_pid;     /* the process pidfd belongs to */
     struct iovec iov[BATCH];
     if (count > BATCH)
         return false;
+    /* Once per batch of 32 stacks: a lock is cheap here. A forked child
+     * inherits the parent's pidfd, and advising through it would touch the
+     * parent: the child opens its own (only the forking thread exists in
+     * the child, so the inherited fd can be closed safely). */
     pid_t me = getpid();
-    int fd = atomic_load_explicit(&pidfd, memory_order_acquire);
-    /* A forked child inherits the parent's pidfd: advising through it
-     * would touch the parent. Open our own. */
-    if (fd < 0 || atomic_load_explicit(&pidfd_pid, memory_order_relaxed) != me) {
-        int mine = (int)syscall(SYS_pidfd_open, me, 0);
-        if (mine < 0)
-            return false;
-        atomic_store_explicit(&pidfd_pid, me, memory_order_relaxed);
-        int old = atomic_exchange_explicit(&pidfd, mine, memory_order_acq_rel);
-        if (old >= 0 && old != mine)
-            close(old); /* a racing opener's, or the parent's copy */
-        fd = mine;
+    pthread_mutex_lock(&pidfd_lock);
+    if (pidfd < 0 || pidfd_pid != me) {
+        if (pidfd >= 0)
+            close(pidfd);
+        pidfd = (int)syscall(SYS_pidfd_open, me, 0);
+        pidfd_pid = me;
     }
+    int fd = pidfd;
+    pthread_mutex_unlock(&pidfd_lock);
+    if (fd < 0)
+        return false;
     for (unsigned i = 0; i < count; i++) {
         iov[i].iov_base = base + one * i;
         iov[i].iov_len = GUARD_BYTES;
