@@ -41,20 +41,19 @@ int64_t bench_now_ns(void);
 
 /* Prints one result line for workload `id` (impl=weft). `note` (may be
  * NULL) is the human-friendly tail after the machine-readable part. */
-void bench_line(const char *id, unsigned workers, const char *metric,
-                double value, const char *unit, const char *note);
+void bench_line(const char *id, unsigned workers, const char *metric, double value,
+                const char *unit, const char *note);
 
 /* Prints "weft-bench <id>: FAILED: ..." on stderr and exits with status 1. */
 void bench_fail(const char *id, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 2, 3)));
 
 /* Ends the process through bench_fail() unless `call` returned 0. */
-#define BENCH_CHECK(id, call)                                            \
-    do {                                                                 \
-        int bench_rc_ = (call);                                          \
-        if (bench_rc_ != 0)                                              \
-            bench_fail((id), "%s returned %d (%s)", #call, bench_rc_,    \
-                       strerror(bench_rc_));                             \
+#define BENCH_CHECK(id, call)                                                                      \
+    do {                                                                                           \
+        int bench_rc_ = (call);                                                                    \
+        if (bench_rc_ != 0)                                                                        \
+            bench_fail((id), "%s returned %d (%s)", #call, bench_rc_, strerror(bench_rc_));        \
     } while (0)
 
 /* Starts the runtime with `workers` workers (0: weft's default) and returns

@@ -44,8 +44,8 @@ int bench_ctx(const struct bench_opts *o)
     weft_ctx_free(other);
 
     if (switches_done != (uint64_t)switches)
-        bench_fail("ctx", "counted %llu switches, want %lld",
-                   (unsigned long long)switches_done, (long long)switches);
+        bench_fail("ctx", "counted %llu switches, want %lld", (unsigned long long)switches_done,
+                   (long long)switches);
     char note[64];
     snprintf(note, sizeof note, "%lld switches", (long long)switches);
     bench_line("ctx", 1, "ns_per_switch", (double)(t1 - t0) / (double)switches, "ns", note);

@@ -75,7 +75,7 @@ int bench_fib(const struct bench_opts *o)
 {
     /* volatile: the compiler must not see n, or fold the serial run. */
     volatile int64_t n_in = o->size ? o->size : 30;
-    struct fib_run run = {n_in, 0, 0};
+    struct fib_run run = { n_in, 0, 0 };
     int64_t serial = 0;
     double serial_ns[3];
     unsigned workers;
@@ -94,8 +94,8 @@ int bench_fib(const struct bench_opts *o)
     bench_stop("fib");
 
     if (run.result != serial || (run.n == 30 && run.result != 832040))
-        bench_fail("fib", "fib(%lld) = %lld, want %lld", (long long)run.n,
-                   (long long)run.result, (long long)serial);
+        bench_fail("fib", "fib(%lld) = %lld, want %lld", (long long)run.n, (long long)run.result,
+                   (long long)serial);
     int64_t spawns = fib_spawns(run.n);
     double t_par = (double)run.elapsed_ns;
     char note[128];

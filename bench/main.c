@@ -32,16 +32,16 @@ static const struct {
     int (*run)(const struct bench_opts *o);
     const char *what;
 } benches[] = {
-    {"ctx", bench_ctx, "raw weft_ctx_switch between two contexts"},
-    {"yield", bench_yield, "1 worker, K coroutines yielding (K=2 and 1000)"},
-    {"spawn", bench_spawn, "spawn coroutines that add 1 to a counter, wait for all"},
-    {"skynet", bench_skynet, "skynet with channels, 6 levels of 10"},
-    {"fib", bench_fib, "naive fork-join fib(n), no cutoff"},
-    {"uts", bench_uts, "unbalanced tree search, one coroutine per node"},
-    {"pingpong", bench_pingpong, "two coroutines bouncing a value over two channels"},
-    {"timers", bench_timers, "coroutine i sleeps (i % 100) ms once"},
-    {"park", bench_park, "RSS per coroutine parked on a channel"},
-    {"startup", bench_startup, "start, run one empty coroutine, stop"},
+    { "ctx", bench_ctx, "raw weft_ctx_switch between two contexts" },
+    { "yield", bench_yield, "1 worker, K coroutines yielding (K=2 and 1000)" },
+    { "spawn", bench_spawn, "spawn coroutines that add 1 to a counter, wait for all" },
+    { "skynet", bench_skynet, "skynet with channels, 6 levels of 10" },
+    { "fib", bench_fib, "naive fork-join fib(n), no cutoff" },
+    { "uts", bench_uts, "unbalanced tree search, one coroutine per node" },
+    { "pingpong", bench_pingpong, "two coroutines bouncing a value over two channels" },
+    { "timers", bench_timers, "coroutine i sleeps (i % 100) ms once" },
+    { "park", bench_park, "RSS per coroutine parked on a channel" },
+    { "startup", bench_startup, "start, run one empty coroutine, stop" },
 };
 
 static void usage(void)
@@ -56,7 +56,7 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    struct bench_opts o = {0, 0, 0};
+    struct bench_opts o = { 0, 0, 0 };
     int (*run)(const struct bench_opts *) = NULL;
 
     if (argc < 2)
@@ -94,15 +94,14 @@ int64_t bench_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-void bench_line(const char *id, unsigned workers, const char *metric,
-                double value, const char *unit, const char *note)
+void bench_line(const char *id, unsigned workers, const char *metric, double value,
+                const char *unit, const char *note)
 {
     /* Whole bytes; 3 decimals, or 6 below 1 so small ratios keep digits. */
     double magnitude = value < 0 ? -value : value;
     int digits = strcmp(unit, "bytes") == 0 ? 0 : magnitude >= 1 || value == 0 ? 3 : 6;
-    printf("bench=%s impl=weft workers=%u metric=%s value=%.*f unit=%s%s%s\n",
-           id, workers, metric, digits, value, unit, note ? "  " : "",
-           note ? note : "");
+    printf("bench=%s impl=weft workers=%u metric=%s value=%.*f unit=%s%s%s\n", id, workers, metric,
+           digits, value, unit, note ? "  " : "", note ? note : "");
 }
 
 void bench_fail(const char *id, const char *fmt, ...)

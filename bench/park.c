@@ -63,7 +63,7 @@ static void *park_root(void *arg)
 
 int bench_park(const struct bench_opts *o)
 {
-    struct park_run run = {o->size ? o->size : 100000, 0, 0};
+    struct park_run run = { o->size ? o->size : 100000, 0, 0 };
     unsigned workers;
 
     if (run.n > 1000000000)
@@ -86,10 +86,10 @@ int bench_park(const struct bench_opts *o)
         bench_fail("park", "received sum %lld, want %lld", (long long)atomic_load(&received_sum),
                    want);
     char note[96];
-    snprintf(note, sizeof note, "%lld parked, VmRSS %.0f -> %.0f", (long long)run.n,
-             run.rss_before, run.rss_parked);
-    bench_line("park", workers, "rss_per_parked",
-               (run.rss_parked - run.rss_before) / (double)run.n, "bytes", note);
+    snprintf(note, sizeof note, "%lld parked, VmRSS %.0f -> %.0f", (long long)run.n, run.rss_before,
+             run.rss_parked);
+    bench_line("park", workers, "rss_per_parked", (run.rss_parked - run.rss_before) / (double)run.n,
+               "bytes", note);
     bench_line("park", workers, "startup", (double)startup_ns / 1e3, "us", "weft_start");
     return 0;
 }

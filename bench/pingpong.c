@@ -55,11 +55,11 @@ static void *ping_main(void *arg)
 int bench_pingpong(const struct bench_opts *o)
 {
     int64_t n = o->size ? o->size : 1000000;
-    unsigned asked[2] = {1, o->workers}, got[2];
+    unsigned asked[2] = { 1, o->workers }, got[2];
     int64_t startup_ns[2], elapsed_ns[2];
 
     for (int r = 0; r < 2; r++) {
-        struct pingpong_run run = {n, 0, 0, NULL, NULL};
+        struct pingpong_run run = { n, 0, 0, NULL, NULL };
         startup_ns[r] = bench_start("pingpong", asked[r], &got[r]);
         bench_run("pingpong", ping_main, &run);
         bench_stop("pingpong");
@@ -73,10 +73,9 @@ int bench_pingpong(const struct bench_opts *o)
     for (int r = 0; r < 2; r++) {
         if (r > 0 && got[r] == got[0]) /* one core: both runs had 1 worker */
             break;
-        bench_line("pingpong", got[r], "ns_per_roundtrip", (double)elapsed_ns[r] / (double)n,
-                   "ns", note);
-        bench_line("pingpong", got[r], "startup", (double)startup_ns[r] / 1e3, "us",
-                   "weft_start");
+        bench_line("pingpong", got[r], "ns_per_roundtrip", (double)elapsed_ns[r] / (double)n, "ns",
+                   note);
+        bench_line("pingpong", got[r], "startup", (double)startup_ns[r] / 1e3, "us", "weft_start");
     }
     return 0;
 }

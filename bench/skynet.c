@@ -55,7 +55,7 @@ struct skynet_run {
 static void *skynet_root(void *arg)
 {
     struct skynet_run *run = arg;
-    struct skynet_node top = {NULL, 0, run->leaves};
+    struct skynet_node top = { NULL, 0, run->leaves };
     BENCH_CHECK("skynet", weft_chan_make(&top.out, sizeof(int64_t), 0));
     int64_t t0 = bench_now_ns();
     BENCH_CHECK("skynet", weft_spawn(NULL, NULL, skynet, &top));
@@ -68,7 +68,7 @@ static void *skynet_root(void *arg)
 int bench_skynet(const struct bench_opts *o)
 {
     int64_t limit = o->size ? o->size : 1000000;
-    struct skynet_run run = {1, 0, 0};
+    struct skynet_run run = { 1, 0, 0 };
     unsigned workers;
 
     while (run.leaves * 10 <= limit)
@@ -81,10 +81,10 @@ int bench_skynet(const struct bench_opts *o)
     if (run.sum != want)
         bench_fail("skynet", "sum %lld, want %lld", (long long)run.sum, (long long)want);
     char note[96];
-    snprintf(note, sizeof note, "%lld leaves, sum=%lld", (long long)run.leaves,
-             (long long)run.sum);
+    snprintf(note, sizeof note, "%lld leaves, sum=%lld", (long long)run.leaves, (long long)run.sum);
     bench_line("skynet", workers, "ms", (double)run.elapsed_ns / 1e6, "ms", note);
-    bench_line("skynet", workers, "peak_rss", bench_peak_rss_bytes("skynet"), "bytes", "VmHWM, whole process");
+    bench_line("skynet", workers, "peak_rss", bench_peak_rss_bytes("skynet"), "bytes",
+               "VmHWM, whole process");
     bench_line("skynet", workers, "startup", (double)startup_ns / 1e3, "us", "weft_start");
     return 0;
 }

@@ -51,7 +51,8 @@ int bench_spawn(const struct bench_opts *o)
     char note[64];
     snprintf(note, sizeof note, "%lld coroutines", (long long)n);
     bench_line("spawn", workers, "ns_per_coroutine", (double)inout / (double)n, "ns", note);
-    bench_line("spawn", workers, "peak_rss", bench_peak_rss_bytes("spawn"), "bytes", "VmHWM, whole process");
+    bench_line("spawn", workers, "peak_rss", bench_peak_rss_bytes("spawn"), "bytes",
+               "VmHWM, whole process");
     bench_line("spawn", workers, "startup", (double)startup_ns / 1e3, "us", "weft_start");
     return 0;
 }

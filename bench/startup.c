@@ -21,7 +21,7 @@ int bench_startup(const struct bench_opts *o)
     int64_t runs = o->size ? o->size : 11;
     double *us = malloc((size_t)runs * sizeof *us);
     unsigned workers = 0;
-    weft_config cfg = {0};
+    weft_config cfg = { 0 };
 
     if (!us)
         bench_fail("startup", "out of memory");

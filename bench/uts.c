@@ -103,7 +103,7 @@ static void *uts_root(void *arg)
 
 int bench_uts(const struct bench_opts *o)
 {
-    struct uts_run run = {o->size ? o->size : UTS_ROOT_CHILDREN, 0, 0};
+    struct uts_run run = { o->size ? o->size : UTS_ROOT_CHILDREN, 0, 0 };
     uint64_t serial = 0;
     double serial_ns[3];
     unsigned workers;

@@ -61,7 +61,7 @@ static void *yield_root(void *arg)
 int bench_yield(const struct bench_opts *o)
 {
     int64_t total = o->size ? o->size : 10000000;
-    int64_t ks[2] = {2, 1000};
+    int64_t ks[2] = { 2, 1000 };
     size_t nk = 2;
     double ns_per_yield[2];
     int64_t yields[2];
@@ -73,7 +73,7 @@ int bench_yield(const struct bench_opts *o)
     }
     int64_t startup_ns = bench_start("yield", 1, &workers);
     for (size_t r = 0; r < nk; r++) {
-        struct yield_run run = {ks[r], total / ks[r], NULL, 0};
+        struct yield_run run = { ks[r], total / ks[r], NULL, 0 };
         if (run.each == 0)
             bench_fail("yield", "--size %lld is smaller than K=%lld", (long long)total,
                        (long long)ks[r]);

@@ -61,8 +61,7 @@ WEFT_API int weft_stop(void);
  * value in *result (if result is not NULL).
  * Returns 0; EINVAL if fn is NULL; EALREADY if the runtime is running;
  * EDEADLK inside a coroutine; the errors of weft_start. */
-WEFT_API int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg,
-                       void **result);
+WEFT_API int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg, void **result);
 
 /* The number of workers, 0 when the runtime is not running. Any thread. */
 WEFT_API unsigned weft_workers(void);
@@ -92,8 +91,7 @@ typedef struct weft_attr {
  * spawning loop cannot outrun the workers without bound.
  * Returns 0; EINVAL if fn is NULL; EPERM if the runtime is not running;
  * ENOMEM. */
-WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr,
-                        void *(*fn)(void *), void *arg);
+WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr, void *(*fn)(void *), void *arg);
 
 /* Waits for co to finish, stores its return value in *result (if result is
  * not NULL) and frees the handle. A coroutine that has not started yet may
@@ -146,8 +144,8 @@ typedef struct weft_gen weft_gen;
 /* Makes a generator that will run fn(g, arg) on the first weft_gen_next.
  * attr may be NULL (stack_size 0: the runtime's default; name copied).
  * Returns 0; EINVAL if g or fn is NULL; ENOMEM. */
-WEFT_API int weft_gen_make(weft_gen **g, const weft_attr *attr,
-                           void (*fn)(weft_gen *g, void *arg), void *arg);
+WEFT_API int weft_gen_make(weft_gen **g, const weft_attr *attr, void (*fn)(weft_gen *g, void *arg),
+                           void *arg);
 
 /* Runs g until it yields, and stores the value in *value.
  * Returns 0 with a value; ENODATA once fn has returned (then and on every
@@ -236,7 +234,7 @@ typedef struct weft_case {
     weft_chan *ch; /* NULL: never ready (as Go's nil channel) */
     int op;        /* WEFT_SEND or WEFT_RECV */
     void *elem;
-    int err;       /* out: 0, or EPIPE when ch was closed */
+    int err; /* out: 0, or EPIPE when ch was closed */
 } weft_case;
 
 /* Waits until at least one of the n cases can complete, then completes
@@ -273,7 +271,10 @@ typedef struct weft_mutex {
     void *weft_head_;
     void *weft_tail_;
 } weft_mutex;
-#define WEFT_MUTEX_INIT { 0, 0, NULL, NULL, NULL }
+#define WEFT_MUTEX_INIT                                                                            \
+    {                                                                                              \
+        0, 0, NULL, NULL, NULL                                                                     \
+    }
 
 /* Initialises m unlocked. Returns 0; EINVAL. */
 WEFT_API int weft_mutex_init(weft_mutex *m);
@@ -298,7 +299,10 @@ typedef struct weft_cond {
     void *weft_head_;
     void *weft_tail_;
 } weft_cond;
-#define WEFT_COND_INIT { 0, NULL, NULL }
+#define WEFT_COND_INIT                                                                             \
+    {                                                                                              \
+        0, NULL, NULL                                                                              \
+    }
 
 /* Initialises c with no waiters. Returns 0; EINVAL. */
 WEFT_API int weft_cond_init(weft_cond *c);
@@ -323,7 +327,10 @@ typedef struct weft_wg {
     void *weft_head_;
     void *weft_tail_;
 } weft_wg;
-#define WEFT_WG_INIT { 0, 0, NULL, NULL }
+#define WEFT_WG_INIT                                                                               \
+    {                                                                                              \
+        0, 0, NULL, NULL                                                                           \
+    }
 
 /* Initialises g with a count of 0. Returns 0; EINVAL. */
 WEFT_API int weft_wg_init(weft_wg *g);
@@ -346,7 +353,10 @@ typedef struct weft_sem {
     void *weft_head_;
     void *weft_tail_;
 } weft_sem;
-#define WEFT_SEM_INIT(n) { 0, (n), NULL, NULL }
+#define WEFT_SEM_INIT(n)                                                                           \
+    {                                                                                              \
+        0, (n), NULL, NULL                                                                         \
+    }
 
 /* Initialises s with n units. Returns 0; EINVAL. */
 WEFT_API int weft_sem_init(weft_sem *s, unsigned n);
@@ -363,16 +373,16 @@ WEFT_API int weft_sem_post(weft_sem *s);
 /* Observability                                                         */
 /* ===================================================================== */
 
-typedef struct weft_stats {   /* totals since the runtime started */
-    uint64_t spawned;         /* coroutines spawned (weft_main's included) */
-    uint64_t finished;        /* coroutines that returned */
-    uint64_t switches;        /* switches into a coroutine */
-    uint64_t steals;          /* coroutines taken from another worker */
-    uint64_t steal_attempts;  /* visits to a victim's queue */
-    uint64_t parks;           /* waits that parked a coroutine */
-    uint64_t wakeups;         /* parked coroutines made runnable again */
-    uint64_t blocking_calls;  /* calls run on the blocking pool */
-    uint64_t handoffs;        /* woken coroutines run next on the waker's worker */
+typedef struct weft_stats {  /* totals since the runtime started */
+    uint64_t spawned;        /* coroutines spawned (weft_main's included) */
+    uint64_t finished;       /* coroutines that returned */
+    uint64_t switches;       /* switches into a coroutine */
+    uint64_t steals;         /* coroutines taken from another worker */
+    uint64_t steal_attempts; /* visits to a victim's queue */
+    uint64_t parks;          /* waits that parked a coroutine */
+    uint64_t wakeups;        /* parked coroutines made runnable again */
+    uint64_t blocking_calls; /* calls run on the blocking pool */
+    uint64_t handoffs;       /* woken coroutines run next on the waker's worker */
 } weft_stats;
 
 /* Sums the counters of every worker. They are gathered without stopping

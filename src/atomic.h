@@ -25,10 +25,8 @@
 
 #define weft_load_relaxed(p) atomic_load_explicit((p), memory_order_relaxed)
 #define weft_load_acquire(p) atomic_load_explicit((p), memory_order_acquire)
-#define weft_store_relaxed(p, v)                                               \
-    atomic_store_explicit((p), (v), memory_order_relaxed)
-#define weft_store_release(p, v)                                               \
-    atomic_store_explicit((p), (v), memory_order_release)
+#define weft_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define weft_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
 
 /* A seq_cst fence. ThreadSanitizer does not model fences, so TSan builds
  * use a seq_cst read-modify-write of one shared word instead: every such
@@ -36,14 +34,14 @@
  * strong, and TSan sees the ordering. */
 #if defined(WEFT_TSAN)
 __attribute__((weak)) _Atomic unsigned long weft__fence_word;
-#define weft_fence_seq_cst()                                                   \
+#define weft_fence_seq_cst()                                                                       \
     ((void)atomic_fetch_add_explicit(&weft__fence_word, 0, memory_order_seq_cst))
 #elif defined(__x86_64__)
 /* On x86-64 a locked RMW of a thread-private word is a full barrier and
  * cheaper than mfence (the Linux kernel's smp_mb makes the same choice);
  * it sits on the hot path of every spawn and wake-up (weft__notify). */
 static WEFT_TLS WEFT_UNUSED _Atomic int weft__fence_private;
-#define weft_fence_seq_cst()                                                   \
+#define weft_fence_seq_cst()                                                                       \
     ((void)atomic_fetch_add_explicit(&weft__fence_private, 0, memory_order_seq_cst))
 #else
 #define weft_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
@@ -91,7 +89,10 @@ typedef struct weft__lifo_node {
 typedef struct weft__lifo {
     volatile AO_double_t head; /* AO_val1: top node, AO_val2: version */
 } weft__lifo;
-#define WEFT__LIFO_INIT { AO_DOUBLE_T_INITIALIZER }
+#define WEFT__LIFO_INIT                                                                            \
+    {                                                                                              \
+        AO_DOUBLE_T_INITIALIZER                                                                    \
+    }
 
 static inline void weft__lifo_push(weft__lifo *l, weft__lifo_node *n)
 {
@@ -99,8 +100,7 @@ static inline void weft__lifo_push(weft__lifo *l, weft__lifo_node *n)
         AO_t top = l->head.AO_val1, ver = l->head.AO_val2;
         n->next = (weft__lifo_node *)top;
         /* Full barrier CAS: releases n->next to the popper that reads it. */
-        if (AO_compare_double_and_swap_double_full(&l->head, top, ver,
-                                                   (AO_t)n, ver + 1))
+        if (AO_compare_double_and_swap_double_full(&l->head, top, ver, (AO_t)n, ver + 1))
             return;
     }
 }
@@ -115,8 +115,7 @@ static inline weft__lifo_node *weft__lifo_pop(weft__lifo *l)
         /* May read a stale next if n was popped meanwhile; the version in
          * the CAS below then differs and the loop retries. */
         AO_t next = (AO_t)__atomic_load_n(&n->next, __ATOMIC_ACQUIRE);
-        if (AO_compare_double_and_swap_double_full(&l->head, top, ver, next,
-                                                   ver + 1))
+        if (AO_compare_double_and_swap_double_full(&l->head, top, ver, next, ver + 1))
             return n;
     }
 }
@@ -128,7 +127,10 @@ typedef struct weft__lifo {
     pthread_mutex_t lock;
     weft__lifo_node *top;
 } weft__lifo;
-#define WEFT__LIFO_INIT { PTHREAD_MUTEX_INITIALIZER, NULL }
+#define WEFT__LIFO_INIT                                                                            \
+    {                                                                                              \
+        PTHREAD_MUTEX_INITIALIZER, NULL                                                            \
+    }
 
 static inline void weft__lifo_push(weft__lifo *l, weft__lifo_node *n)
 {

@@ -18,13 +18,12 @@
 #define WEFT_CACHELINE 128
 
 /* A broken internal invariant aborts: it is never an error code. */
-#define WEFT_ASSERT(cond)                                                      \
-    do {                                                                       \
-        if (WEFT_UNLIKELY(!(cond))) {                                          \
-            fprintf(stderr, "weft: internal error: %s (%s:%d)\n", #cond,       \
-                    __FILE__, __LINE__);                                       \
-            abort();                                                           \
-        }                                                                      \
+#define WEFT_ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (WEFT_UNLIKELY(!(cond))) {                                                              \
+            fprintf(stderr, "weft: internal error: %s (%s:%d)\n", #cond, __FILE__, __LINE__);      \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 #if defined(__SANITIZE_ADDRESS__)

@@ -141,7 +141,8 @@ static void *close_main(void *arg)
     struct blocked b[6];
     weft_co *co[6];
     for (int i = 0; i < 6; i++) {
-        b[i] = (struct blocked){ i < 3 ? to_send : to_recv, i < 3 ? WEFT_SEND : WEFT_RECV, &started };
+        b[i] =
+            (struct blocked){ i < 3 ? to_send : to_recv, i < 3 ? WEFT_SEND : WEFT_RECV, &started };
         assert_int_equal(weft_spawn(&co[i], NULL, blocked_op, &b[i]), 0);
     }
     /* A plain thread waits too. */
@@ -941,8 +942,8 @@ static void run_model(uint64_t seed, int ops)
                 slots[i] = k;
                 cases[i] = (weft_case){ k < MODEL_CHANS ? ch[k] : NULL, op, &values[i], -1 };
                 if (k < MODEL_CHANS)
-                    any_ready |= op == WEFT_SEND ? model_send_ready(&model[k])
-                                                 : model_recv_ready(&model[k]);
+                    any_ready |=
+                        op == WEFT_SEND ? model_send_ready(&model[k]) : model_recv_ready(&model[k]);
             }
             size_t done = 99;
             int rc = weft_select(cases, n, 0, &done);
@@ -961,7 +962,8 @@ static void run_model(uint64_t seed, int ops)
                 fail_msg("seed %llu step %d: select completed case %zu, which was not ready",
                          (unsigned long long)seed, step, done);
             int expect = model_apply(mk, op, values[done], &want);
-            if (cases[done].err != expect || (op == WEFT_RECV && expect == 0 && values[done] != want))
+            if (cases[done].err != expect ||
+                (op == WEFT_RECV && expect == 0 && values[done] != want))
                 fail_msg("seed %llu step %d: select case %zu err %d value %d, model %d (%d)",
                          (unsigned long long)seed, step, done, cases[done].err, values[done],
                          expect, want);

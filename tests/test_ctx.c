@@ -175,117 +175,115 @@ static void test_ctx_nested_contexts_return_to_their_parent(void **state)
 /* rbx, rbp, r12-r15; System V has no callee-saved vector registers. */
 #define PROBE_INT 6
 #define PROBE_FLOAT 0
-__asm__(
-    "    .text\n"
-    "    .p2align 4\n"
-    "    .type probe_switch, @function\n"
-    "probe_switch:\n"
-    "    pushq %rbp\n"
-    "    pushq %rbx\n"
-    "    pushq %r12\n"
-    "    pushq %r13\n"
-    "    pushq %r14\n"
-    "    pushq %r15\n"
-    "    pushq %rdx\n"              /* out; rsp is 16-aligned now */
-    "    leaq 1(%rsi), %rbx\n"
-    "    leaq 2(%rsi), %rbp\n"
-    "    leaq 3(%rsi), %r12\n"
-    "    leaq 4(%rsi), %r13\n"
-    "    leaq 5(%rsi), %r14\n"
-    "    leaq 6(%rsi), %r15\n"
-    "    xorl %esi, %esi\n"         /* value NULL; rdi is still `to` */
-    "    call weft_ctx_switch@PLT\n"
-    "    popq %rdx\n"
-    "    movq %rbx, 0(%rdx)\n"
-    "    movq %rbp, 8(%rdx)\n"
-    "    movq %r12, 16(%rdx)\n"
-    "    movq %r13, 24(%rdx)\n"
-    "    movq %r14, 32(%rdx)\n"
-    "    movq %r15, 40(%rdx)\n"
-    "    popq %r15\n"
-    "    popq %r14\n"
-    "    popq %r13\n"
-    "    popq %r12\n"
-    "    popq %rbx\n"
-    "    popq %rbp\n"
-    "    ret\n"
-    "    .size probe_switch, .-probe_switch\n");
+__asm__("    .text\n"
+        "    .p2align 4\n"
+        "    .type probe_switch, @function\n"
+        "probe_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    pushq %rdx\n" /* out; rsp is 16-aligned now */
+        "    leaq 1(%rsi), %rbx\n"
+        "    leaq 2(%rsi), %rbp\n"
+        "    leaq 3(%rsi), %r12\n"
+        "    leaq 4(%rsi), %r13\n"
+        "    leaq 5(%rsi), %r14\n"
+        "    leaq 6(%rsi), %r15\n"
+        "    xorl %esi, %esi\n" /* value NULL; rdi is still `to` */
+        "    call weft_ctx_switch@PLT\n"
+        "    popq %rdx\n"
+        "    movq %rbx, 0(%rdx)\n"
+        "    movq %rbp, 8(%rdx)\n"
+        "    movq %r12, 16(%rdx)\n"
+        "    movq %r13, 24(%rdx)\n"
+        "    movq %r14, 32(%rdx)\n"
+        "    movq %r15, 40(%rdx)\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        "    .size probe_switch, .-probe_switch\n");
 #elif defined(__aarch64__)
 /* x19-x28, x29; then d8-d15. */
 #define PROBE_INT 11
 #define PROBE_FLOAT 8
-__asm__(
-    "    .text\n"
-    "    .p2align 4\n"
-    "    .type probe_switch, %function\n"
-    "probe_switch:\n"
-    "    stp x29, x30, [sp, #-176]!\n"
-    "    stp x19, x20, [sp, #16]\n"
-    "    stp x21, x22, [sp, #32]\n"
-    "    stp x23, x24, [sp, #48]\n"
-    "    stp x25, x26, [sp, #64]\n"
-    "    stp x27, x28, [sp, #80]\n"
-    "    stp d8, d9, [sp, #96]\n"
-    "    stp d10, d11, [sp, #112]\n"
-    "    stp d12, d13, [sp, #128]\n"
-    "    stp d14, d15, [sp, #144]\n"
-    "    str x2, [sp, #160]\n"      /* out */
-    "    add x19, x1, #1\n"
-    "    add x20, x1, #2\n"
-    "    add x21, x1, #3\n"
-    "    add x22, x1, #4\n"
-    "    add x23, x1, #5\n"
-    "    add x24, x1, #6\n"
-    "    add x25, x1, #7\n"
-    "    add x26, x1, #8\n"
-    "    add x27, x1, #9\n"
-    "    add x28, x1, #10\n"
-    "    add x29, x1, #11\n"
-    "    add x9, x1, #12\n"
-    "    fmov d8, x9\n"
-    "    add x9, x1, #13\n"
-    "    fmov d9, x9\n"
-    "    add x9, x1, #14\n"
-    "    fmov d10, x9\n"
-    "    add x9, x1, #15\n"
-    "    fmov d11, x9\n"
-    "    add x9, x1, #16\n"
-    "    fmov d12, x9\n"
-    "    add x9, x1, #17\n"
-    "    fmov d13, x9\n"
-    "    add x9, x1, #18\n"
-    "    fmov d14, x9\n"
-    "    add x9, x1, #19\n"
-    "    fmov d15, x9\n"
-    "    mov x1, #0\n"              /* value NULL; x0 is still `to` */
-    "    bl weft_ctx_switch\n"
-    "    ldr x2, [sp, #160]\n"
-    "    stp x19, x20, [x2, #0]\n"
-    "    stp x21, x22, [x2, #16]\n"
-    "    stp x23, x24, [x2, #32]\n"
-    "    stp x25, x26, [x2, #48]\n"
-    "    stp x27, x28, [x2, #64]\n"
-    "    str x29, [x2, #80]\n"
-    "    str d8, [x2, #88]\n"
-    "    str d9, [x2, #96]\n"
-    "    str d10, [x2, #104]\n"
-    "    str d11, [x2, #112]\n"
-    "    str d12, [x2, #120]\n"
-    "    str d13, [x2, #128]\n"
-    "    str d14, [x2, #136]\n"
-    "    str d15, [x2, #144]\n"
-    "    ldp x19, x20, [sp, #16]\n"
-    "    ldp x21, x22, [sp, #32]\n"
-    "    ldp x23, x24, [sp, #48]\n"
-    "    ldp x25, x26, [sp, #64]\n"
-    "    ldp x27, x28, [sp, #80]\n"
-    "    ldp d8, d9, [sp, #96]\n"
-    "    ldp d10, d11, [sp, #112]\n"
-    "    ldp d12, d13, [sp, #128]\n"
-    "    ldp d14, d15, [sp, #144]\n"
-    "    ldp x29, x30, [sp], #176\n"
-    "    ret\n"
-    "    .size probe_switch, .-probe_switch\n");
+__asm__("    .text\n"
+        "    .p2align 4\n"
+        "    .type probe_switch, %function\n"
+        "probe_switch:\n"
+        "    stp x29, x30, [sp, #-176]!\n"
+        "    stp x19, x20, [sp, #16]\n"
+        "    stp x21, x22, [sp, #32]\n"
+        "    stp x23, x24, [sp, #48]\n"
+        "    stp x25, x26, [sp, #64]\n"
+        "    stp x27, x28, [sp, #80]\n"
+        "    stp d8, d9, [sp, #96]\n"
+        "    stp d10, d11, [sp, #112]\n"
+        "    stp d12, d13, [sp, #128]\n"
+        "    stp d14, d15, [sp, #144]\n"
+        "    str x2, [sp, #160]\n" /* out */
+        "    add x19, x1, #1\n"
+        "    add x20, x1, #2\n"
+        "    add x21, x1, #3\n"
+        "    add x22, x1, #4\n"
+        "    add x23, x1, #5\n"
+        "    add x24, x1, #6\n"
+        "    add x25, x1, #7\n"
+        "    add x26, x1, #8\n"
+        "    add x27, x1, #9\n"
+        "    add x28, x1, #10\n"
+        "    add x29, x1, #11\n"
+        "    add x9, x1, #12\n"
+        "    fmov d8, x9\n"
+        "    add x9, x1, #13\n"
+        "    fmov d9, x9\n"
+        "    add x9, x1, #14\n"
+        "    fmov d10, x9\n"
+        "    add x9, x1, #15\n"
+        "    fmov d11, x9\n"
+        "    add x9, x1, #16\n"
+        "    fmov d12, x9\n"
+        "    add x9, x1, #17\n"
+        "    fmov d13, x9\n"
+        "    add x9, x1, #18\n"
+        "    fmov d14, x9\n"
+        "    add x9, x1, #19\n"
+        "    fmov d15, x9\n"
+        "    mov x1, #0\n" /* value NULL; x0 is still `to` */
+        "    bl weft_ctx_switch\n"
+        "    ldr x2, [sp, #160]\n"
+        "    stp x19, x20, [x2, #0]\n"
+        "    stp x21, x22, [x2, #16]\n"
+        "    stp x23, x24, [x2, #32]\n"
+        "    stp x25, x26, [x2, #48]\n"
+        "    stp x27, x28, [x2, #64]\n"
+        "    str x29, [x2, #80]\n"
+        "    str d8, [x2, #88]\n"
+        "    str d9, [x2, #96]\n"
+        "    str d10, [x2, #104]\n"
+        "    str d11, [x2, #112]\n"
+        "    str d12, [x2, #120]\n"
+        "    str d13, [x2, #128]\n"
+        "    str d14, [x2, #136]\n"
+        "    str d15, [x2, #144]\n"
+        "    ldp x19, x20, [sp, #16]\n"
+        "    ldp x21, x22, [sp, #32]\n"
+        "    ldp x23, x24, [sp, #48]\n"
+        "    ldp x25, x26, [sp, #64]\n"
+        "    ldp x27, x28, [sp, #80]\n"
+        "    ldp d8, d9, [sp, #96]\n"
+        "    ldp d10, d11, [sp, #112]\n"
+        "    ldp d12, d13, [sp, #128]\n"
+        "    ldp d14, d15, [sp, #144]\n"
+        "    ldp x29, x30, [sp], #176\n"
+        "    ret\n"
+        "    .size probe_switch, .-probe_switch\n");
 #else
 #error "test_ctx: no register probe for this architecture"
 #endif
@@ -356,10 +354,10 @@ static void test_ctx_switch_preserves_callee_saved_float_registers(void **state)
 
 /* The floating-point control state as the hardware holds it. */
 struct fp_state {
-    int round;          /* fegetround() (x87 control word on x86-64) */
-    unsigned raw;       /* x86-64: MXCSR rounding bits; AArch64: FPCR.RMode */
-    unsigned raw_x87;   /* x86-64: x87 control word rounding bits */
-    double third;       /* 1/3 computed in this state */
+    int round;        /* fegetround() (x87 control word on x86-64) */
+    unsigned raw;     /* x86-64: MXCSR rounding bits; AArch64: FPCR.RMode */
+    unsigned raw_x87; /* x86-64: x87 control word rounding bits */
+    double third;     /* 1/3 computed in this state */
 };
 
 static volatile double fp_one = 1.0, fp_three = 3.0;
@@ -372,15 +370,15 @@ static void fp_read(struct fp_state *s)
     unsigned short cw;
     __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(cw));
-    s->raw = mxcsr & 0x6000;        /* RC: 0 nearest, 0x4000 up */
-    s->raw_x87 = cw & 0x0c00;       /* RC: 0 nearest, 0x0800 up */
+    s->raw = mxcsr & 0x6000;  /* RC: 0 nearest, 0x4000 up */
+    s->raw_x87 = cw & 0x0c00; /* RC: 0 nearest, 0x0800 up */
 #elif defined(__aarch64__)
     uint64_t fpcr;
     __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
     s->raw = (unsigned)(fpcr >> 22) & 3; /* RMode: 0 nearest, 1 up */
     s->raw_x87 = 0;
 #endif
-    s->third = fp_one / fp_three;   /* SSE on x86-64: follows MXCSR */
+    s->third = fp_one / fp_three; /* SSE on x86-64: follows MXCSR */
 }
 
 static void expect_upward(const struct fp_state *s, const struct fp_state *nearest)
@@ -411,9 +409,9 @@ static void *fp_ctx_a(void *v)
     (void)v;
     fesetround(FE_UPWARD);
     fp_read(&fp_a0);
-    weft_ctx_switch(fp_b, NULL);   /* to a context that rounds to nearest */
-    fp_read(&fp_a1);               /* still upward? */
-    return NULL;                   /* to main, still rounding upward here */
+    weft_ctx_switch(fp_b, NULL); /* to a context that rounds to nearest */
+    fp_read(&fp_a1);             /* still upward? */
+    return NULL;                 /* to main, still rounding upward here */
 }
 
 static void *fp_ctx_b(void *v)
@@ -421,7 +419,7 @@ static void *fp_ctx_b(void *v)
     (void)v;
     fp_read(&fp_b0);
     weft_ctx_switch(main_ctx, NULL);
-    fp_read(&fp_b1);               /* resumed by fp_ctx_a, which rounds up */
+    fp_read(&fp_b1); /* resumed by fp_ctx_a, which rounds up */
     weft_ctx_switch(fp_a, NULL);
     return NULL;
 }
@@ -434,18 +432,18 @@ static void test_ctx_switch_keeps_rounding_mode_per_context(void **state)
     fp_read(&fp_ref);
     assert_int_equal(weft_ctx_make(&fp_a, 0, fp_ctx_a), 0);
     assert_int_equal(weft_ctx_make(&fp_b, 0, fp_ctx_b), 0);
-    weft_ctx_switch(fp_b, NULL);   /* b starts, records, back here */
-    weft_ctx_switch(fp_a, NULL);   /* a: up; -> b (resumed) -> a -> returns */
+    weft_ctx_switch(fp_b, NULL); /* b starts, records, back here */
+    weft_ctx_switch(fp_a, NULL); /* a: up; -> b (resumed) -> a -> returns */
     fp_read(&fp_main);
-    fesetround(FE_TONEAREST);      /* whatever happened, before asserting */
-    weft_ctx_switch(fp_b, NULL);   /* let b finish */
+    fesetround(FE_TONEAREST);    /* whatever happened, before asserting */
+    weft_ctx_switch(fp_b, NULL); /* let b finish */
     weft_ctx_free(fp_a);
     weft_ctx_free(fp_b);
 
     expect_upward(&fp_a0, &fp_ref);
-    expect_upward(&fp_a1, &fp_ref);  /* survived two switches */
+    expect_upward(&fp_a1, &fp_ref); /* survived two switches */
     expect_nearest(&fp_b0, &fp_ref);
-    expect_nearest(&fp_b1, &fp_ref); /* did not leak from a into b */
+    expect_nearest(&fp_b1, &fp_ref);   /* did not leak from a into b */
     expect_nearest(&fp_main, &fp_ref); /* nor from a into main */
 }
 
@@ -545,8 +543,8 @@ static void test_ctx_overflow_reports_context_and_dies_by_sigsegv(void **state)
     int status = run_child(child_overflows_context, err, sizeof err);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGSEGV);
-    assert_non_null(strstr(err,
-        "weft: stack overflow in context (unnamed) (stack 262144 bytes)\n"));
+    assert_non_null(
+        strstr(err, "weft: stack overflow in context (unnamed) (stack 262144 bytes)\n"));
 }
 
 static void named_entry(void *value, void *arg)
@@ -576,8 +574,8 @@ static void test_ctx_overflow_report_names_the_coroutine(void **state)
     int status = run_child(child_overflows_named_fiber, err, sizeof err);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGSEGV);
-    assert_non_null(strstr(err,
-        "weft: stack overflow in coroutine 'worker-3' (stack 262144 bytes)\n"));
+    assert_non_null(
+        strstr(err, "weft: stack overflow in coroutine 'worker-3' (stack 262144 bytes)\n"));
 }
 
 /* Writes 80 KiB below its frame: past the end of a 64 KiB stack, into the
@@ -617,7 +615,8 @@ static void test_ctx_canary_mode_catches_overflow_at_next_switch(void **state)
     int status = run_child(child_overflows_canary_stack, err, sizeof err);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGABRT);
-    assert_non_null(strstr(err,
+    assert_non_null(strstr(
+        err,
         "weft: stack overflow in context (unnamed) (stack 65536 bytes), caught by its canary\n"));
     assert_null(strstr(err, "survived"));
 }
@@ -633,14 +632,14 @@ static void test_ctx_bad_input_gives_einval_or_null(void **state)
     assert_int_equal(weft_ctx_make(&c, 0, NULL), EINVAL);
     assert_ptr_equal(c, untouched);
     assert_null(weft_ctx_switch(NULL, (void *)1));
-    weft_ctx_free(NULL);                 /* no-op */
-    weft_ctx_free(weft_ctx_current());   /* the thread's own: no-op */
+    weft_ctx_free(NULL);               /* no-op */
+    weft_ctx_free(weft_ctx_current()); /* the thread's own: no-op */
     /* Everything still works. */
     main_ctx = weft_ctx_current();
     assert_non_null(main_ctx);
     assert_int_equal(weft_ctx_make(&c, 0, echo), 0);
     assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)4), 8);
-    weft_ctx_free(c);                    /* unfinished: fine */
+    weft_ctx_free(c); /* unfinished: fine */
     assert_ptr_equal(weft_ctx_current(), main_ctx);
 }
 

@@ -56,7 +56,7 @@ static void test_gen_yields_values_in_order_then_enodata(void **state)
     assert_int_equal((intptr_t)v, 'c');
     v = V(-1);
     assert_int_equal(weft_gen_next(g, &v), ENODATA);
-    assert_int_equal((intptr_t)v, -1); /* untouched */
+    assert_int_equal((intptr_t)v, -1);               /* untouched */
     assert_int_equal(weft_gen_next(g, &v), ENODATA); /* and every time after */
     weft_gen_free(g);
 }
@@ -244,8 +244,8 @@ static void misuse_inside(weft_gen *g, void *arg)
 {
     (void)arg;
     void *v;
-    inside_next = weft_gen_next(g, &v);             /* itself: EDEADLK */
-    inside_from_self = weft_gen_yield_from(g, g);   /* itself: EINVAL */
+    inside_next = weft_gen_next(g, &v);           /* itself: EDEADLK */
+    inside_from_self = weft_gen_yield_from(g, g); /* itself: EINVAL */
     weft_gen_yield(g, V(7));
 }
 
@@ -282,7 +282,7 @@ static void test_gen_bad_input_gives_einval(void **state)
     assert_int_equal(weft_gen_yield_from(g, NULL), EINVAL);
     /* Not from inside g. */
     assert_int_equal(weft_gen_yield_from(g, other), EPERM);
-    weft_gen_yield(g, V(1));     /* not inside g: nothing happens */
+    weft_gen_yield(g, V(1)); /* not inside g: nothing happens */
     weft_gen_yield(NULL, V(1));
     weft_gen_free(NULL);
     /* g and other are intact. */
@@ -318,8 +318,7 @@ static void test_gen_overflow_report_names_the_generator(void **state)
     int status = run_child(child_overflows_generator, err, sizeof err);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGSEGV);
-    assert_non_null(strstr(err,
-        "weft: stack overflow in generator 'lexer' (stack 65536 bytes)\n"));
+    assert_non_null(strstr(err, "weft: stack overflow in generator 'lexer' (stack 65536 bytes)\n"));
 }
 
 int main(void)

@@ -49,7 +49,10 @@ static const weft_config two_workers = { .workers = 2 };
 
 /* --- the motivating examples -------------------------------------------------- */
 
-struct sleeper { char before, after; int64_t ms; };
+struct sleeper {
+    char before, after;
+    int64_t ms;
+};
 
 static void *sleeper(void *arg)
 {

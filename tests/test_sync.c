@@ -255,8 +255,8 @@ static void test_cond_wait_times_out_at_deadline_holding_mutex(void **state)
 struct gate {
     weft_mutex m;
     weft_cond c;
-    int open;       /* guarded by m */
-    int waiting;    /* guarded by m */
+    int open;    /* guarded by m */
+    int waiting; /* guarded by m */
     _Atomic int passed;
 };
 

@@ -52,7 +52,7 @@ int main(int argc, char **argv)
                   (unsigned long long)switches_done, (long long)switches);
     char note[64];
     snprintf(note, sizeof note, "%lld switches", (long long)switches);
-    peer_line("ctx", "swapcontext", 1, "ns_per_switch",
-              (double)(t1 - t0) / (double)switches, "ns", note);
+    peer_line("ctx", "swapcontext", 1, "ns_per_switch", (double)(t1 - t0) / (double)switches, "ns",
+              note);
     return 0;
 }

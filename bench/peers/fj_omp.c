@@ -81,12 +81,12 @@ static void run_fib(const struct peer_opts *o, unsigned workers)
     double t_par = (double)(peer_now_ns() - t0);
 
     if (parallel != serial || (n == 30 && parallel != 832040))
-        peer_fail("fib", impl, "fib(%lld) = %lld, want %lld", (long long)n,
-                  (long long)parallel, (long long)serial);
+        peer_fail("fib", impl, "fib(%lld) = %lld, want %lld", (long long)n, (long long)parallel,
+                  (long long)serial);
     int64_t spawns = peer_fib_spawns(n);
     char note[128];
-    snprintf(note, sizeof note, "fib(%lld)=%lld spawns=%lld serial_ms=%.3f",
-             (long long)n, (long long)parallel, (long long)spawns, t_serial / 1e6);
+    snprintf(note, sizeof note, "fib(%lld)=%lld spawns=%lld serial_ms=%.3f", (long long)n,
+             (long long)parallel, (long long)spawns, t_serial / 1e6);
     peer_line("fib", impl, workers, "ms", t_par / 1e6, "ms", note);
     peer_line("fib", impl, workers, "overhead_per_spawn",
               spawns ? (workers * t_par - t_serial) / (double)spawns : 0, "ns",
@@ -116,11 +116,11 @@ static void run_uts(const struct peer_opts *o, unsigned workers)
         peer_fail("uts", impl, "counted %llu nodes, serial DFS counts %llu",
                   (unsigned long long)parallel, (unsigned long long)serial);
     char note[128];
-    snprintf(note, sizeof note, "nodes=%llu serial_ms=%.3f",
-             (unsigned long long)parallel, t_serial / 1e6);
+    snprintf(note, sizeof note, "nodes=%llu serial_ms=%.3f", (unsigned long long)parallel,
+             t_serial / 1e6);
     peer_line("uts", impl, workers, "ms", t_par / 1e6, "ms", note);
-    peer_line("uts", impl, workers, "nodes_per_s", (double)parallel / (t_par / 1e9),
-              "nodes/s", NULL);
+    peer_line("uts", impl, workers, "nodes_per_s", (double)parallel / (t_par / 1e9), "nodes/s",
+              NULL);
     peer_line("uts", impl, workers, "speedup_vs_serial", t_serial / t_par, "x", NULL);
 }
 

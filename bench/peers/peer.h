@@ -45,13 +45,13 @@ static inline void peer_usage(const char *prog, const char *ids)
 {
     fprintf(stderr,
             "usage: %s <id> [--workers N] [--size N] [--k K]\n"
-            "ids: %s\n", prog, ids);
+            "ids: %s\n",
+            prog, ids);
     exit(2);
 }
 
 /* Parses argv into *o; exits 2 on anything it does not understand. */
-static inline void peer_parse(int argc, char **argv, const char *ids,
-                              struct peer_opts *o)
+static inline void peer_parse(int argc, char **argv, const char *ids, struct peer_opts *o)
 {
     memset(o, 0, sizeof *o);
     if (argc < 2 || argv[1][0] == '-')
@@ -77,16 +77,14 @@ static inline void peer_parse(int argc, char **argv, const char *ids,
 }
 
 /* One result line; `note` (may be NULL) is the human-friendly tail. */
-static inline void peer_line(const char *id, const char *impl, unsigned workers,
-                             const char *metric, double value, const char *unit,
-                             const char *note)
+static inline void peer_line(const char *id, const char *impl, unsigned workers, const char *metric,
+                             double value, const char *unit, const char *note)
 {
     /* Whole bytes; 3 decimals, or 6 below 1 so small ratios keep digits. */
     double magnitude = value < 0 ? -value : value;
     int digits = strcmp(unit, "bytes") == 0 ? 0 : magnitude >= 1 || value == 0 ? 3 : 6;
-    printf("bench=%s impl=%s workers=%u metric=%s value=%.*f unit=%s%s%s\n",
-           id, impl, workers, metric, digits, value, unit,
-           note ? "  " : "", note ? note : "");
+    printf("bench=%s impl=%s workers=%u metric=%s value=%.*f unit=%s%s%s\n", id, impl, workers,
+           metric, digits, value, unit, note ? "  " : "", note ? note : "");
 }
 
 static inline void peer_fail(const char *id, const char *impl, const char *fmt, ...)

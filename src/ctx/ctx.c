@@ -93,31 +93,31 @@ static void *first_frame(void *top, weft__fiber_entry entry, void *arg)
 #elif defined(__x86_64__)
     uint64_t *sp = (uint64_t *)(t - 80);
     memset(sp, 0, 80);
-    ((uint32_t *)sp)[0] = 0x1F80;             /* MXCSR: defaults, all masked */
-    ((uint16_t *)sp)[2] = 0x037F;             /* x87 CW: defaults */
-    sp[4] = (uint64_t)(uintptr_t)entry;       /* r12 */
-    sp[5] = (uint64_t)(uintptr_t)arg;         /* rbx */
-    sp[6] = 0;                                /* rbp: ends frame-pointer chains */
+    ((uint32_t *)sp)[0] = 0x1F80;       /* MXCSR: defaults, all masked */
+    ((uint16_t *)sp)[2] = 0x037F;       /* x87 CW: defaults */
+    sp[4] = (uint64_t)(uintptr_t)entry; /* r12 */
+    sp[5] = (uint64_t)(uintptr_t)arg;   /* rbx */
+    sp[6] = 0;                          /* rbp: ends frame-pointer chains */
     sp[7] = (uint64_t)(uintptr_t)weft__ctx_trampoline;
     return sp;
 #elif defined(__aarch64__)
     /* 176 bytes: d8-d15, x19-x28, x29, x30, FPCR, padding. After the
      * switch pops it, sp == t, 16-aligned as AAPCS64 requires. */
     uint64_t *sp = (uint64_t *)(t - 176);
-    memset(sp, 0, 176);                       /* d8-d15, x21-x28: zero */
-    sp[8] = (uint64_t)(uintptr_t)entry;       /* x19 */
-    sp[9] = (uint64_t)(uintptr_t)arg;         /* x20 */
-    sp[18] = 0;                               /* x29: ends frame-pointer chains */
+    memset(sp, 0, 176);                                 /* d8-d15, x21-x28: zero */
+    sp[8] = (uint64_t)(uintptr_t)entry;                 /* x19 */
+    sp[9] = (uint64_t)(uintptr_t)arg;                   /* x20 */
+    sp[18] = 0;                                         /* x29: ends frame-pointer chains */
     sp[19] = (uint64_t)(uintptr_t)weft__ctx_trampoline; /* x30 */
-    sp[20] = 0;                               /* FPCR: round to nearest, no traps */
+    sp[20] = 0;                                         /* FPCR: round to nearest, no traps */
     return sp;
 #else
 #error "weft: no context switch for this architecture"
 #endif
 }
 
-void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind,
-                      const char *name, weft__fiber_entry entry, void *arg)
+void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind, const char *name,
+                      weft__fiber_entry entry, void *arg)
 {
     f->stack = s;
     f->lo = s->lo;
@@ -146,8 +146,8 @@ static WEFT_NOINLINE void check_canary(const weft__fiber *from)
 /* Everything a switch does after the canary check: the current-fiber
  * record, the sanitizer announcements and the assembly. In an ordinary
  * build it is a TLS store and a tail jump into weft__ctx_jump. */
-static inline __attribute__((always_inline)) void *
-jump(weft__fiber *from, weft__fiber *to, void *value)
+static inline __attribute__((always_inline)) void *jump(weft__fiber *from, weft__fiber *to,
+                                                        void *value)
 {
     weft__tls_fiber = to;
 #if defined(WEFT_TSAN)
@@ -163,16 +163,15 @@ jump(weft__fiber *from, weft__fiber *to, void *value)
     return r;
 }
 
-static WEFT_NOINLINE void *jump_after_canary(weft__fiber *from, weft__fiber *to,
-                                             void *value)
+static WEFT_NOINLINE void *jump_after_canary(weft__fiber *from, weft__fiber *to, void *value)
 {
     check_canary(from);
     return jump(from, to, value);
 }
 
 /* weft__fiber_switch's body, also inlined into weft_ctx_switch. */
-static inline __attribute__((always_inline)) void *
-fiber_switch(weft__fiber *from, weft__fiber *to, void *value)
+static inline __attribute__((always_inline)) void *fiber_switch(weft__fiber *from, weft__fiber *to,
+                                                                void *value)
 {
     if (WEFT_UNLIKELY(from->canary))
         return jump_after_canary(from, to, value);
@@ -229,12 +228,12 @@ struct weft_ctx {
     weft__fiber fiber;
     unsigned char dead; /* finished or freed: switching to it does nothing */
     unsigned char finished, freed, is_thread;
-    unsigned refs;      /* the user's handle + one per child not yet done */
+    unsigned refs; /* the user's handle + one per child not yet done */
     struct weft_ctx *parent;
     void *(*fn)(void *);
 };
 
-static WEFT_TLS struct weft_ctx *ctx_running;   /* NULL until first use */
+static WEFT_TLS struct weft_ctx *ctx_running; /* NULL until first use */
 static WEFT_TLS struct weft_ctx *ctx_thread;
 static pthread_key_t ctx_key;
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
@@ -278,7 +277,6 @@ weft_ctx *weft_ctx_current(void)
         return NULL;
     return ctx_running ? ctx_running : thread_ctx();
 }
-
 
 /* Drops one reference; frees the struct at zero, which drops the
  * reference it held on its parent. The stack was released by weft_ctx_free. */

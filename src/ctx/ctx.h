@@ -19,7 +19,7 @@ struct weft__stack;
 
 /* What a fiber is, for overflow reports ("stack overflow in <kind> '<name>'"). */
 enum weft__fiber_kind {
-    WEFT__FIBER_THREAD,    /* a thread's own stack */
+    WEFT__FIBER_THREAD, /* a thread's own stack */
     WEFT__FIBER_COROUTINE,
     WEFT__FIBER_GENERATOR,
     WEFT__FIBER_CONTEXT,
@@ -33,12 +33,12 @@ typedef struct weft__fiber {
     struct weft__stack *stack; /* NULL for a thread's own stack */
     void *lo;                  /* usable stack [lo, lo + size) */
     size_t size;
-    const char *name;          /* for reports; NULL prints as "(unnamed)" */
+    const char *name; /* for reports; NULL prints as "(unnamed)" */
 #if defined(WEFT_ASAN)
-    void *asan_fake_stack;     /* ASan's fake-stack handle while switched out */
+    void *asan_fake_stack; /* ASan's fake-stack handle while switched out */
 #endif
 #if defined(WEFT_TSAN)
-    void *tsan_fiber;          /* ThreadSanitizer's fiber for this stack */
+    void *tsan_fiber; /* ThreadSanitizer's fiber for this stack */
 #endif
 } weft__fiber;
 
@@ -51,8 +51,8 @@ typedef void (*weft__fiber_entry)(void *value, void *arg);
 /* Prepares f to start on stack s: the first switch into f calls
  * entry(value, arg) on the new stack. entry must never return: it ends with
  * weft__fiber_exit. */
-void weft__fiber_init(weft__fiber *f, struct weft__stack *s, unsigned kind,
-                      const char *name, weft__fiber_entry entry, void *arg);
+void weft__fiber_init(weft__fiber *f, struct weft__stack *s, unsigned kind, const char *name,
+                      weft__fiber_entry entry, void *arg);
 
 /* Switches from the running fiber `from` to `to`, passing value; returns the
  * value given by whoever switches back to `from`, possibly on another
@@ -61,8 +61,7 @@ void *weft__fiber_switch(weft__fiber *from, weft__fiber *to, void *value);
 
 /* The last switch out of a fiber that never runs again (its stack may be
  * reused as soon as `to` runs). */
-__attribute__((noreturn)) void weft__fiber_exit(weft__fiber *from,
-                                                weft__fiber *to, void *value);
+__attribute__((noreturn)) void weft__fiber_exit(weft__fiber *from, weft__fiber *to, void *value);
 
 /* The first call on every new fiber, before anything else: completes the
  * sanitizers' view of the switch that started it. */

@@ -26,11 +26,11 @@
 
 struct weft_gen {
     weft__fiber fiber;
-    weft__fiber *caller;   /* the fiber that called weft_gen_next */
+    weft__fiber *caller; /* the fiber that called weft_gen_next */
     void (*fn)(weft_gen *g, void *arg);
     void *arg;
-    void *value;           /* the value being yielded */
-    char *name;            /* owned copy of attr->name */
+    void *value; /* the value being yielded */
+    char *name;  /* owned copy of attr->name */
     unsigned char running, finished;
 };
 
@@ -44,8 +44,8 @@ static void gen_entry(void *value, void *arg)
     weft__fiber_exit(&g->fiber, g->caller, NULL);
 }
 
-int weft_gen_make(weft_gen **out, const weft_attr *attr,
-                  void (*fn)(weft_gen *g, void *arg), void *arg)
+int weft_gen_make(weft_gen **out, const weft_attr *attr, void (*fn)(weft_gen *g, void *arg),
+                  void *arg)
 {
     if (!out || !fn)
         return EINVAL;

@@ -71,20 +71,19 @@
 #define POOL_KEEP 1024
 #define BATCH 32
 
-
 static size_t page_bytes;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
 /* Relaxed: configuration, set before the runtime's threads read it. */
 _Atomic size_t weft__stack_default_bytes;
-static _Atomic size_t env_bytes;        /* WEFT_STACK_SIZE, 0 if unset */
-static _Atomic unsigned mode;           /* enum weft__guard_mode for new stacks */
+static _Atomic size_t env_bytes; /* WEFT_STACK_SIZE, 0 if unset */
+static _Atomic unsigned mode;    /* enum weft__guard_mode for new stacks */
 static long mprotect_budget;
 /* Relaxed: a budget counter; being a few stacks off is harmless. */
 static _Atomic long mprotect_live;
 
-static weft__lifo pool = WEFT__LIFO_INIT;     /* default-size stacks */
-static _Atomic long pool_count;               /* relaxed: a trim hint */
-static weft__lifo spare = WEFT__LIFO_INIT;    /* descriptors without stacks */
+static weft__lifo pool = WEFT__LIFO_INIT;  /* default-size stacks */
+static _Atomic long pool_count;            /* relaxed: a trim hint */
+static weft__lifo spare = WEFT__LIFO_INIT; /* descriptors without stacks */
 
 static WEFT_TLS weft__stack *cache;
 static WEFT_TLS unsigned cache_count;
@@ -188,7 +187,8 @@ void weft__stack_set_default(size_t bytes)
     ensure_setup();
     size_t env = atomic_load(&env_bytes);
     size_t want = env ? env : (bytes ? bytes : DEFAULT_BYTES);
-    atomic_store_explicit(&weft__stack_default_bytes, weft__stack_round(want), memory_order_relaxed);
+    atomic_store_explicit(&weft__stack_default_bytes, weft__stack_round(want),
+                          memory_order_relaxed);
 }
 
 unsigned weft__stack_mode(void)
@@ -259,8 +259,8 @@ static bool guard_batch(char *base, size_t one, unsigned count)
 {
 #if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
     static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
-    static int pidfd = -1;      /* under pidfd_lock */
-    static pid_t pidfd_pid;     /* the process pidfd belongs to */
+    static int pidfd = -1;  /* under pidfd_lock */
+    static pid_t pidfd_pid; /* the process pidfd belongs to */
     struct iovec iov[BATCH];
     if (count > BATCH)
         return false;
@@ -297,16 +297,14 @@ static weft__stack *map_stacks(size_t bytes, unsigned count)
 {
     size_t one = GUARD_BYTES + bytes;
     char *base = mmap(NULL, one * count, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
-                      -1, 0);
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (base == MAP_FAILED)
         return NULL;
     /* A stack region must never be backed by a huge page: one touched byte
      * would commit 2 MiB. */
     (void)madvise(base, one * count, MADV_NOHUGEPAGE);
     unsigned want = weft__stack_mode();
-    bool guarded = want == WEFT__GUARD_INSTALL && count > 1 &&
-                   guard_batch(base, one, count);
+    bool guarded = want == WEFT__GUARD_INSTALL && count > 1 && guard_batch(base, one, count);
     weft__stack *list = NULL;
     for (unsigned i = count; i-- > 0;) {
         weft__stack *s = new_desc();
@@ -476,10 +474,14 @@ static void flush_cache(void *unused)
 static const char *kind_name(unsigned kind)
 {
     switch (kind) {
-    case WEFT__FIBER_COROUTINE: return "coroutine";
-    case WEFT__FIBER_GENERATOR: return "generator";
-    case WEFT__FIBER_CONTEXT: return "context";
-    default: return "thread";
+    case WEFT__FIBER_COROUTINE:
+        return "coroutine";
+    case WEFT__FIBER_GENERATOR:
+        return "generator";
+    case WEFT__FIBER_CONTEXT:
+        return "context";
+    default:
+        return "thread";
     }
 }
 
@@ -598,8 +600,7 @@ void weft__overflow_init(void)
         return;
     }
     size_t bytes = altstack_bytes;
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return;
     stack_t ss = { .ss_sp = p, .ss_size = bytes, .ss_flags = 0 };

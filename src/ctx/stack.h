@@ -16,13 +16,13 @@ enum weft__guard_mode {
 };
 
 typedef struct weft__stack {
-    weft__lifo_node link;        /* global pool; must stay first */
-    struct weft__stack *next;    /* per-thread cache */
-    void *map;                   /* whole mapping, guard included (NULL: none) */
+    weft__lifo_node link;     /* global pool; must stay first */
+    struct weft__stack *next; /* per-thread cache */
+    void *map;                /* whole mapping, guard included (NULL: none) */
     size_t map_bytes;
-    void *lo;                    /* usable [lo, lo + size) */
+    void *lo; /* usable [lo, lo + size) */
     size_t size;
-    unsigned mode;               /* enum weft__guard_mode */
+    unsigned mode; /* enum weft__guard_mode */
 } weft__stack;
 
 #define WEFT__STACK_CANARY UINT64_C(0x7765667463616e61) /* "weftcana" */

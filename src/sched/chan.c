@@ -78,13 +78,13 @@ struct chan_select;
  * only under the lock of the channel whose queue holds it; written by the
  * waiter before it is linked, and by its claimer (under that lock) after. */
 typedef struct chan_node {
-    weft__waiter *w;          /* shared by every case of one select */
-    void *elem;               /* send: the value; recv: where it goes (may be NULL) */
-    struct chan_select *sel;  /* select: its shared state; NULL for send/recv */
-    chan_queue *queue;        /* the queue it is linked in; NULL once unlinked */
+    weft__waiter *w;         /* shared by every case of one select */
+    void *elem;              /* send: the value; recv: where it goes (may be NULL) */
+    struct chan_select *sel; /* select: its shared state; NULL for send/recv */
+    chan_queue *queue;       /* the queue it is linked in; NULL once unlinked */
     struct chan_node *prev, *next;
     struct chan_node *wake_next; /* close: claimed nodes to wake after unlock */
-    size_t index;             /* the select case; 0 for send/recv */
+    size_t index;                /* the select case; 0 for send/recv */
     /* Only holders of this channel's lock can claim w: a send or receive
      * without a deadline (no timer) and without a select (no other
      * channel). Its claim is a plain store under the lock (see claim). */
@@ -104,11 +104,11 @@ struct weft_chan {
     weft__lock lock;
     bool closed;
     size_t elem_size;
-    size_t cap;               /* buffer slots; 0: rendezvous */
-    size_t head;              /* the oldest buffered value, < cap */
-    size_t len;               /* buffered values */
+    size_t cap;  /* buffer slots; 0: rendezvous */
+    size_t head; /* the oldest buffered value, < cap */
+    size_t len;  /* buffered values */
     chan_queue sendq, recvq;
-    unsigned char buf[];      /* cap * elem_size bytes */
+    unsigned char buf[]; /* cap * elem_size bytes */
 };
 
 /* --- wait queues (caller holds the channel lock) -------------------------- */
@@ -279,7 +279,8 @@ static inline unsigned char *slot(weft_chan *ch, size_t i)
 }
 
 /* 0 sent, EPIPE closed, EAGAIN would wait. *woken: a waiter to wake. */
-static inline __attribute__((always_inline)) int try_send(weft_chan *ch, const void *elem, chan_node **woken)
+static inline __attribute__((always_inline)) int try_send(weft_chan *ch, const void *elem,
+                                                          chan_node **woken)
 {
     if (WEFT_UNLIKELY(ch->closed))
         return EPIPE;
@@ -300,7 +301,8 @@ static inline __attribute__((always_inline)) int try_send(weft_chan *ch, const v
 }
 
 /* 0 received, EPIPE closed and drained, EAGAIN would wait. */
-static inline __attribute__((always_inline)) int try_recv(weft_chan *ch, void *elem, chan_node **woken)
+static inline __attribute__((always_inline)) int try_recv(weft_chan *ch, void *elem,
+                                                          chan_node **woken)
 {
     if (ch->len > 0) {
         if (elem)
@@ -348,8 +350,8 @@ static inline bool deadline_pending(int64_t deadline)
  * node linked, so only then does the caller touch ch again: a claimer
  * (the other side, or a close) unlinked it, and the other side may have
  * freed ch since. */
-static inline __attribute__((always_inline)) int chan_wait(weft_chan *ch, chan_queue *q,
-                                                        void *elem, int64_t deadline)
+static inline __attribute__((always_inline)) int chan_wait(weft_chan *ch, chan_queue *q, void *elem,
+                                                           int64_t deadline)
 {
     weft__waiter w;
     weft__waiter_init(&w, deadline);

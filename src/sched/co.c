@@ -35,7 +35,6 @@
 #define FREE_MAX 256
 #define SPAWN_BACKLOG 4096
 
-
 /* Descriptors move between workers in batches: a coroutine is often
  * spawned on one worker and ends on another, so one worker's free list
  * overflows while the spawner's runs dry and falls back on jemalloc for
@@ -45,13 +44,14 @@
 #define SHARED_BATCHES_MAX 64
 
 static weft__lock batches_lock = WEFT__LOCK_INIT;
-static weft_co *batches;          /* batch heads, linked through ->arg */
+static weft_co *batches;             /* batch heads, linked through ->arg */
 static _Atomic unsigned batches_len; /* relaxed reads outside the lock: a hint */
 
 static weft_co *co_alloc(weft__worker *w)
 {
     if (w) {
-        if (WEFT_UNLIKELY(!w->free_cos) && atomic_load_explicit(&batches_len, memory_order_relaxed)) {
+        if (WEFT_UNLIKELY(!w->free_cos) &&
+            atomic_load_explicit(&batches_len, memory_order_relaxed)) {
             weft__lock_acquire(&batches_lock);
             weft_co *batch = batches;
             if (batch) {
@@ -240,8 +240,8 @@ static bool can_inline(weft_co *child)
         return false;
     char here;
     size_t left = (size_t)(&here - (char *)f->lo);
-    size_t need = child->stack_size ? weft__stack_round(child->stack_size)
-                                    : weft__stack_default_size();
+    size_t need =
+        child->stack_size ? weft__stack_round(child->stack_size) : weft__stack_default_size();
     return left >= need / 2;
 }
 
@@ -335,8 +335,7 @@ int weft_join(weft_co *co, void **result)
         } else {
             weft__waiter *expected = NULL;
             if (atomic_compare_exchange_strong_explicit(&co->join, &expected, &waiter,
-                                                        memory_order_acq_rel,
-                                                        memory_order_acquire))
+                                                        memory_order_acq_rel, memory_order_acquire))
                 weft__waiter_wait(&waiter, NULL);
             else if (expected != WEFT__JOIN_DONE)
                 return EINVAL; /* raced with a detach or another join */

@@ -68,7 +68,8 @@ void weft__deque_destroy(weft__deque *d)
     atomic_store_explicit(&d->array, NULL, memory_order_relaxed);
 }
 
-weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_t top, int64_t bottom)
+weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_t top,
+                                    int64_t bottom)
 {
     weft__deque_array *bigger = array_new((a->mask + 1) * 2);
     if (!bigger)
@@ -83,7 +84,6 @@ weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_
     atomic_store_explicit(&d->array, bigger, memory_order_release);
     return bigger;
 }
-
 
 void *weft__deque_steal(weft__deque *d)
 {
@@ -106,8 +106,6 @@ void *weft__deque_steal(weft__deque *d)
         return NULL;
     return item;
 }
-
-
 
 int weft__deque_retract(weft__deque *d, void *item)
 {
@@ -143,4 +141,3 @@ void *weft__deque_peek_newest(weft__deque *d)
     weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
     return atomic_load_explicit(&a->slots[b & a->mask], memory_order_relaxed);
 }
-

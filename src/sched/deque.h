@@ -15,8 +15,8 @@
 #endif
 
 typedef struct weft__deque_array {
-    int64_t mask;                       /* capacity - 1 (capacity: a power of 2) */
-    struct weft__deque_array *retired;  /* older, smaller arrays (see grow) */
+    int64_t mask;                      /* capacity - 1 (capacity: a power of 2) */
+    struct weft__deque_array *retired; /* older, smaller arrays (see grow) */
     _Atomic(void *) slots[];
 } weft__deque_array;
 

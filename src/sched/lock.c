@@ -18,8 +18,8 @@ int weft__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline
     }
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a
      * spurious wake-up does not stretch the wait. */
-    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG,
-                      expected, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected,
+                      tsp, NULL, FUTEX_BITSET_MATCH_ANY);
     if (rc == -1 && errno == ETIMEDOUT)
         return ETIMEDOUT;
     return 0;

@@ -15,7 +15,10 @@ typedef struct weft__lock {
     _Atomic uint32_t word;
 } weft__lock;
 
-#define WEFT__LOCK_INIT { 0 }
+#define WEFT__LOCK_INIT                                                                            \
+    {                                                                                              \
+        0                                                                                          \
+    }
 
 void weft__lock_slow(_Atomic uint32_t *word);
 void weft__unlock_slow(_Atomic uint32_t *word);
@@ -38,8 +41,14 @@ static inline void weft__unlock_word(_Atomic uint32_t *word)
         weft__unlock_slow(word);
 }
 
-static inline void weft__lock_acquire(weft__lock *l) { weft__lock_word(&l->word); }
-static inline void weft__lock_release(weft__lock *l) { weft__unlock_word(&l->word); }
+static inline void weft__lock_acquire(weft__lock *l)
+{
+    weft__lock_word(&l->word);
+}
+static inline void weft__lock_release(weft__lock *l)
+{
+    weft__unlock_word(&l->word);
+}
 
 /* Futex helpers (Linux). wait: sleeps while *word == expected, until
  * deadline_ns on CLOCK_MONOTONIC (WEFT_FOREVER: -1). Returns 0, or

@@ -105,8 +105,8 @@ static int wait_thread(weft__waiter *w, weft__lock *lock)
         uint32_t s = atomic_load_explicit(&w->state, memory_order_acquire);
         if (s == WEFT__WAIT_WOKEN)
             return w->result;
-        int rc = weft__futex_wait(&w->state, s,
-                                  s == WEFT__WAIT_WAITING ? w->deadline : WEFT_FOREVER);
+        int rc =
+            weft__futex_wait(&w->state, s, s == WEFT__WAIT_WAITING ? w->deadline : WEFT_FOREVER);
         if (rc == ETIMEDOUT && weft__waiter_claim(w)) {
             w->result = ETIMEDOUT;
             return ETIMEDOUT;

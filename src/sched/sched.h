@@ -52,16 +52,16 @@ enum {
  * written by the thread running or scheduling the coroutine, with the queue
  * hand-offs (release/acquire) ordering them. */
 struct weft_co {
-    weft__fiber fiber;        /* its own stack (stack NULL until first run) */
-    weft__fiber *resume;      /* where it continues: its fiber, or a
-                                 generator's fiber it parked inside; NULL
-                                 before the first run */
+    weft__fiber fiber;   /* its own stack (stack NULL until first run) */
+    weft__fiber *resume; /* where it continues: its fiber, or a
+                            generator's fiber it parked inside; NULL
+                            before the first run */
     void *(*fn)(void *);
     void *arg;
     void *result;
-    struct weft_co *next;     /* free lists and the injection queue */
-    size_t stack_size;        /* requested; 0: the default */
-    char *name;               /* owned copy, or NULL */
+    struct weft_co *next; /* free lists and the injection queue */
+    size_t stack_size;    /* requested; 0: the default */
+    char *name;           /* owned copy, or NULL */
     /* Handle state (see WEFT__JOIN_*). Exchanged by the finishing side,
      * CASed by join and detach: acq_rel, so the result written before the
      * finish is visible to the joiner. */
@@ -79,26 +79,25 @@ struct weft_co {
 /* Per-worker statistics, written by the owning worker only (relaxed
  * stores of load+1: nothing orders on them), summed by weft_stats_get. */
 typedef struct weft__counters {
-    _Atomic uint64_t spawned, finished, switches, steals, steal_attempts, parks,
-        wakeups, handoffs;
+    _Atomic uint64_t spawned, finished, switches, steals, steal_attempts, parks, wakeups, handoffs;
 } weft__counters;
 
 typedef struct weft__worker {
-    weft__deque deque;               /* spawned and yielding coroutines (deque.c) */
-    weft__deque wakeq;               /* woken coroutines: served first, within a bound */
-    weft__fiber fiber;               /* the scheduler's own stack */
-    weft_co *current;                /* running coroutine (owner only) */
-    weft_co *runnext;                /* woken coroutine to run next (owner only) */
-    weft_co *prev;                   /* switched away from, not yet settled */
-    unsigned runnext_streak;         /* consecutive runnext runs (starvation bound) */
-    unsigned wake_streak;            /* consecutive wakeq runs (starvation bound) */
-    unsigned spawn_burst;            /* spawns by the current coroutine since it
-                                        was switched in (co.c's backpressure) */
+    weft__deque deque;       /* spawned and yielding coroutines (deque.c) */
+    weft__deque wakeq;       /* woken coroutines: served first, within a bound */
+    weft__fiber fiber;       /* the scheduler's own stack */
+    weft_co *current;        /* running coroutine (owner only) */
+    weft_co *runnext;        /* woken coroutine to run next (owner only) */
+    weft_co *prev;           /* switched away from, not yet settled */
+    unsigned runnext_streak; /* consecutive runnext runs (starvation bound) */
+    unsigned wake_streak;    /* consecutive wakeq runs (starvation bound) */
+    unsigned spawn_burst;    /* spawns by the current coroutine since it
+                                was switched in (co.c's backpressure) */
     unsigned index;
-    uint64_t tick;                   /* scheduling rounds */
-    uint64_t rng;                    /* victim randomisation (xorshift) */
-    unsigned *victims;               /* other workers, nearest first */
-    unsigned *victim_level;          /* their distance class, for shuffling */
+    uint64_t tick;          /* scheduling rounds */
+    uint64_t rng;           /* victim randomisation (xorshift) */
+    unsigned *victims;      /* other workers, nearest first */
+    unsigned *victim_level; /* their distance class, for shuffling */
     pthread_t thread;
     /* Sleeping: 0 asleep or about to; 1 woken. Futex word. */
     _Atomic uint32_t wake_word;
@@ -108,7 +107,7 @@ typedef struct weft__worker {
     weft__lock timer_lock;
     struct weft__timer_entry *timers;
     size_t timers_len, timers_cap;
-    _Atomic int64_t timer_next;      /* earliest deadline, INT64_MAX if none */
+    _Atomic int64_t timer_next; /* earliest deadline, INT64_MAX if none */
     /* Live-count credit (owner only): units of weft__rt.live this worker
      * reserved and has not used for a live coroutine yet. */
     long live_credit;
@@ -123,16 +122,16 @@ typedef struct weft__worker {
  * by the waker, by the timer at its deadline, or by the waiter itself (a
  * plain thread's timeout). The claimer sets result, then readies it. */
 typedef struct weft__waiter {
-    _Atomic uint32_t state;          /* WEFT__WAIT_* */
-    int result;                      /* 0, ETIMEDOUT, EPIPE, ... by the claimer */
-    weft_co *co;                     /* the coroutine, or NULL: a plain thread */
-    int64_t deadline;                /* WEFT_FOREVER: none */
+    _Atomic uint32_t state; /* WEFT__WAIT_* */
+    int result;             /* 0, ETIMEDOUT, EPIPE, ... by the claimer */
+    weft_co *co;            /* the coroutine, or NULL: a plain thread */
+    int64_t deadline;       /* WEFT_FOREVER: none */
     /* Timer bookkeeping (timer.c), under the owner's timer_lock. */
     struct weft__worker *timer_owner;
-    intptr_t timer_index;            /* -1: not in a heap */
+    intptr_t timer_index; /* -1: not in a heap */
     /* For the waiting structure's own use (channels, sync objects). */
     void *data;
-    size_t sel;                      /* select: the case that completed */
+    size_t sel; /* select: the case that completed */
 } weft__waiter;
 
 enum {
@@ -143,7 +142,7 @@ enum {
 
 /* --- runtime state (worker.c) ----------------------------------------- */
 typedef struct weft__runtime {
-    _Atomic int state;               /* 0 stopped, 1 running, 2 stopping */
+    _Atomic int state; /* 0 stopped, 1 running, 2 stopping */
     unsigned nworkers;
     weft__worker **workers;
     /* Coroutines alive plus the credit workers hold (see weft__live_*):
@@ -151,18 +150,18 @@ typedef struct weft__runtime {
      * its cache line: spawns and ends on every worker touch it. */
     _Alignas(WEFT_CACHELINE) _Atomic long live;
     char live_pad[WEFT_CACHELINE - sizeof(long)];
-    _Atomic uint64_t spawned_outside;/* spawns from plain threads */
+    _Atomic uint64_t spawned_outside; /* spawns from plain threads */
     /* Injection queue: spawns and wake-ups from plain threads. */
     weft__lock inject_lock;
     weft_co *inject_head, *inject_tail;
     _Atomic long inject_len;
     /* Idle workers. */
     _Alignas(WEFT_CACHELINE) weft__lock idle_lock;
-    unsigned *idle;                  /* stack of sleeping worker indexes */
+    unsigned *idle; /* stack of sleeping worker indexes */
     unsigned idle_len;
     _Atomic unsigned sleeping, spinning;
     /* weft_stop waits here for live == 0. */
-    _Atomic uint32_t quiescent;      /* futex word: becomes 1 when live hits 0 while stopping */
+    _Atomic uint32_t quiescent; /* futex word: becomes 1 when live hits 0 while stopping */
 } weft__runtime;
 
 extern weft__runtime weft__rt;
@@ -195,7 +194,7 @@ static inline weft_co *weft__entry_co(weft_co *entry)
  * returning the surplus, and all of it before they sleep. The global
  * count is always at least the number of live coroutines, and reaches 0
  * only when none is alive and every worker is idle. */
-void weft__live_inc(weft__worker *w);   /* w NULL: a plain thread */
+void weft__live_inc(weft__worker *w); /* w NULL: a plain thread */
 void weft__live_dec(weft__worker *w);
 void weft__live_return(weft__worker *w); /* gives all credit back */
 

@@ -46,10 +46,10 @@ static weft__lock *lock_of(unsigned *word)
 /* A waiting caller. Lives on its stack; written under the object's lock. */
 typedef struct sync_node {
     weft__waiter *w;
-    void *token;                  /* mutex: the waiter's owner identity */
+    void *token; /* mutex: the waiter's owner identity */
     struct sync_node *prev, *next;
     bool linked;
-    struct sync_node *wake_next;  /* broadcast: claimed nodes to wake */
+    struct sync_node *wake_next; /* broadcast: claimed nodes to wake */
 } sync_node;
 
 /* An object's queue: its two void * fields. */

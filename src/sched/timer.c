@@ -78,8 +78,7 @@ static void publish_next(weft__worker *wk)
 {
     /* Relaxed: a hint for the owner's loop and for thieves; the heap itself
      * is read under the lock. */
-    atomic_store_explicit(&wk->timer_next,
-                          wk->timers_len ? wk->timers[0].deadline : INT64_MAX,
+    atomic_store_explicit(&wk->timer_next, wk->timers_len ? wk->timers[0].deadline : INT64_MAX,
                           memory_order_relaxed);
 }
 

@@ -156,8 +156,8 @@ void weft__notify(void)
         return;
     /* Become the one who wakes: spinning 0 -> 1 on the woken's behalf. */
     unsigned zero = 0;
-    if (!atomic_compare_exchange_strong_explicit(&weft__rt.spinning, &zero, 1,
-                                                 memory_order_seq_cst, memory_order_relaxed))
+    if (!atomic_compare_exchange_strong_explicit(&weft__rt.spinning, &zero, 1, memory_order_seq_cst,
+                                                 memory_order_relaxed))
         return;
     weft__lock_acquire(&weft__rt.idle_lock);
     if (weft__rt.idle_len == 0) {
@@ -732,8 +732,8 @@ int weft_start(const weft_config *cfg)
     }
     atomic_store(&weft__rt.state, 1);
     for (unsigned i = 0; i < n; i++) {
-        int rc = pthread_create(&weft__rt.workers[i]->thread, NULL, worker_main,
-                                weft__rt.workers[i]);
+        int rc =
+            pthread_create(&weft__rt.workers[i]->thread, NULL, worker_main, weft__rt.workers[i]);
         if (rc != 0) {
             /* Stop the workers already started; nothing was spawned yet. */
             atomic_store(&shutdown_flag, 1);
