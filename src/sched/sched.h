@@ -73,7 +73,6 @@ struct weft_co {
     unsigned why;             /* enum weft__why, set before switching back */
     bool (*after)(void *arg); /* park: run on the scheduler's stack */
     void *after_arg;
-    struct weft__worker *last_worker; /* the worker it last ran on */
 };
 
 /* Per-worker statistics, written by the owning worker only (relaxed

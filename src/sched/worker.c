@@ -507,7 +507,6 @@ static weft__worker *switch_out(weft__worker *w, weft_co *co, weft__fiber *from)
     if (next) {
         w->current = next;
         w->spawn_burst = 0;
-        next->last_worker = w;
         weft__count(&w->stats.switches);
         if (co->why == WEFT__WHY_DONE)
             weft__fiber_exit(from, next->resume, w);
@@ -529,7 +528,6 @@ static void run(weft__worker *w, weft_co *entry)
         return;
     w->current = co;
     w->spawn_burst = 0;
-    co->last_worker = w;
     weft__count(&w->stats.switches);
     weft__fiber_switch(&w->fiber, co->resume, w);
     weft__settle(w);
