@@ -37,7 +37,6 @@ void weft__waiter_init(weft__waiter *w, int64_t deadline)
     w->deadline = deadline;
     w->timer_owner = NULL;
     w->timer_index = -1;
-    w->data = NULL;
     w->sel = 0;
 }
 

@@ -128,9 +128,7 @@ typedef struct weft__waiter {
     /* Timer bookkeeping (timer.c), under the owner's timer_lock. */
     struct weft__worker *timer_owner;
     intptr_t timer_index; /* -1: not in a heap */
-    /* For the waiting structure's own use (channels, sync objects). */
-    void *data;
-    size_t sel; /* select: the case that completed */
+    size_t sel; /* weft_select: the case that completed (chan.c) */
 } weft__waiter;
 
 enum {
