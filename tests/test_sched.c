@@ -294,6 +294,68 @@ static void test_sched_sleep_never_wakes_early_on_idle_workers(void **state)
     assert_int_equal(weft_sleep_until(WEFT_FOREVER), EINVAL);
 }
 
+/* Many deadlines on both workers, most cancelled by an early wake-up,
+ * the rest firing: every wait returns exactly one result, never a
+ * timeout before its deadline, and no wake-up is lost or doubled. */
+#define DEADLINE_WAITERS 2000
+static weft_sem deadline_sem = WEFT_SEM_INIT(0);
+struct deadline_wait {
+    int64_t deadline, returned;
+    int rc;
+};
+
+static void *deadline_waiter(void *arg)
+{
+    struct deadline_wait *d = arg;
+    d->rc = weft_sem_wait(&deadline_sem, d->deadline);
+    d->returned = weft_now();
+    return NULL;
+}
+
+static void *deadline_root(void *arg)
+{
+    struct deadline_wait *d = arg;
+    weft_co **co = malloc(DEADLINE_WAITERS * sizeof *co);
+    assert_non_null(co);
+    int64_t now = weft_now();
+    for (int i = 0; i < DEADLINE_WAITERS; i++) {
+        d[i].deadline = now + ((i * 7919) % 40 + 1) * MS / 2;
+        assert_int_equal(weft_spawn(&co[i], NULL, deadline_waiter, &d[i]), 0);
+    }
+    int posts = 0;
+    while (posts < DEADLINE_WAITERS / 2) {
+        assert_int_equal(weft_sem_post(&deadline_sem), 0);
+        posts++;
+        if (posts % 50 == 0)
+            weft_sleep(MS / 2);
+    }
+    for (int i = 0; i < DEADLINE_WAITERS; i++)
+        assert_int_equal(weft_join(co[i], NULL), 0);
+    free(co);
+    int leftover = 0;
+    while (weft_sem_wait(&deadline_sem, 0) == 0)
+        leftover++;
+    int woken = 0;
+    for (int i = 0; i < DEADLINE_WAITERS; i++) {
+        if (d[i].rc == 0)
+            woken++;
+        else if (d[i].rc != ETIMEDOUT || d[i].returned < d[i].deadline)
+            fail_msg("waiter %d: rc %d, returned %lld ns before its deadline", i, d[i].rc,
+                     (long long)(d[i].deadline - d[i].returned));
+    }
+    assert_int_equal(woken + leftover, posts);
+    return NULL;
+}
+
+static void test_sched_deadlines_cancelled_and_fired_resolve_once(void **state)
+{
+    (void)state;
+    struct deadline_wait *d = calloc(DEADLINE_WAITERS, sizeof *d);
+    assert_non_null(d);
+    assert_int_equal(weft_main(&two_workers, deadline_root, d, NULL), 0);
+    free(d);
+}
+
 /* --- generators inside coroutines ----------------------------------------------------- */
 
 static void counting_gen(weft_gen *g, void *arg)
@@ -440,6 +502,7 @@ int main(void)
         cmocka_unit_test(test_sched_stop_waits_for_detached_coroutines),
         cmocka_unit_test(test_sched_runtime_restarts_after_stop),
         cmocka_unit_test(test_sched_sleep_never_wakes_early_on_idle_workers),
+        cmocka_unit_test(test_sched_deadlines_cancelled_and_fired_resolve_once),
         cmocka_unit_test(test_sched_generator_may_park_inside_a_coroutine),
         cmocka_unit_test(test_sched_self_worker_and_stats_report_the_runtime),
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),

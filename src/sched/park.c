@@ -36,7 +36,6 @@ void weft__waiter_init(weft__waiter *w, int64_t deadline)
     w->co = wk ? wk->current : NULL;
     w->deadline = deadline;
     w->timer_owner = NULL;
-    w->timer_index = -1;
     w->sel = 0;
 }
 

@@ -17,12 +17,20 @@
 struct weft__worker;
 struct weft__waiter;
 
-/* A timer heap entry: the deadline sits in the heap array itself, so
- * ordering the heap never touches the waiters (each on its own stack
- * page: a cache and TLB miss per look). */
+/* A timer heap entry: the deadline sits in the heap array itself, and
+ * the entry names a cell of its worker's dense cell array that holds the
+ * waiter and the entry's position. Ordering the heap, which moves entries
+ * and updates their positions, then never touches a waiter: each lives on
+ * its own coroutine's stack page, a cache and TLB miss per touch. */
 struct weft__timer_entry {
     int64_t deadline;
-    struct weft__waiter *waiter;
+    uint32_t cell;
+};
+
+struct weft__timer_cell {
+    struct weft__waiter *waiter; /* NULL while free */
+    uint32_t index;              /* its entry's heap position */
+    uint32_t next_free;          /* free-list link while free */
 };
 
 /* Why a coroutine switched back to its worker's scheduler. */
@@ -101,11 +109,14 @@ typedef struct weft__worker {
     /* Sleeping: 0 asleep or about to; 1 woken. Futex word. */
     _Atomic uint32_t wake_word;
     bool spinning;
-    /* Timers (timer.c): a binary min-heap of waiters by deadline, guarded
-     * by timer_lock (the owner inserts and fires; others only remove). */
+    /* Timers (timer.c): a 4-ary min-heap of entries by deadline and the
+     * cells they name, guarded by timer_lock (the owner inserts and fires;
+     * others remove, and a thief fires a busy owner's due timers). */
     weft__lock timer_lock;
     struct weft__timer_entry *timers;
     size_t timers_len, timers_cap;
+    struct weft__timer_cell *cells;
+    uint32_t cells_cap, cells_free; /* cells_free: UINT32_MAX when none */
     _Atomic int64_t timer_next; /* earliest deadline, INT64_MAX if none */
     /* Live-count credit (owner only): units of weft__rt.live this worker
      * reserved and has not used for a live coroutine yet. */
@@ -127,7 +138,7 @@ typedef struct weft__waiter {
     int64_t deadline;       /* WEFT_FOREVER: none */
     /* Timer bookkeeping (timer.c), under the owner's timer_lock. */
     struct weft__worker *timer_owner;
-    intptr_t timer_index; /* -1: not in a heap */
+    uint32_t timer_cell; /* its cell in timer_owner's array */
     size_t sel; /* weft_select: the case that completed (chan.c) */
 } weft__waiter;
 

@@ -1,8 +1,10 @@
 /* Time: weft_now, weft_sleep, and each worker's timer heap.
  *
  * Every wait with a deadline puts its waiter in the heap of the worker it
- * parks on: a 4-ary min-heap of (deadline, waiter) entries, each waiter
- * knowing its index so it can be removed in O(log n). The owner
+ * parks on: a 4-ary min-heap of (deadline, cell) entries; a cell, in a
+ * dense per-worker array, holds the waiter and its entry's position, and
+ * the waiter knows its cell, so it can be removed in O(log n) without the
+ * heap's moves ever touching a waiter on its cold stack page. The owner
  * adds and fires; a waiter woken by someone else removes itself from
  * whatever heap holds it, from any worker, and an idle worker fires the
  * due timers of a busy one (worker.c's steal_from): hence a lock per heap,
@@ -19,6 +21,7 @@
  * they expire) was rejected because the entry points into a stack frame
  * that is gone by then. */
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include "../alloc.h"
@@ -35,10 +38,12 @@ int64_t weft_now(void)
  * of a node share a cache line (16-byte entries). */
 #define ARITY 4
 
+#define NO_CELL UINT32_MAX
+
 static void set_at(weft__worker *wk, size_t i, struct weft__timer_entry e)
 {
     wk->timers[i] = e;
-    e.waiter->timer_index = (intptr_t)i;
+    wk->cells[e.cell].index = (uint32_t)i;
 }
 
 static void sift_up(weft__worker *wk, size_t i)
@@ -82,9 +87,14 @@ static void publish_next(weft__worker *wk)
                           memory_order_relaxed);
 }
 
-static void remove_at(weft__worker *wk, size_t i)
+/* Removes the entry at position i and frees its cell; returns its waiter. */
+static weft__waiter *remove_at(weft__worker *wk, size_t i)
 {
-    wk->timers[i].waiter->timer_index = -1;
+    uint32_t cell = wk->timers[i].cell;
+    weft__waiter *w = wk->cells[cell].waiter;
+    wk->cells[cell].waiter = NULL;
+    wk->cells[cell].next_free = wk->cells_free;
+    wk->cells_free = cell;
     size_t last = --wk->timers_len;
     if (i != last) {
         struct weft__timer_entry moved = wk->timers[last];
@@ -94,31 +104,56 @@ static void remove_at(weft__worker *wk, size_t i)
         else
             sift_down(wk, i);
     }
+    return w;
+}
+
+/* Doubles an array of n items of `size` bytes; false when out of memory. */
+static bool grow(void **array, size_t n, size_t size)
+{
+    size_t cap = n ? n * 2 : 64;
+    void *bigger = weft__alloc(cap * size);
+    if (!bigger)
+        return false;
+    if (n)
+        memcpy(bigger, *array, n * size);
+    weft__free(*array, n * size);
+    *array = bigger;
+    return true;
 }
 
 int weft__timer_add(weft__worker *wk, weft__waiter *w)
 {
     weft__lock_acquire(&wk->timer_lock);
     if (wk->timers_len == wk->timers_cap) {
-        size_t cap = wk->timers_cap ? wk->timers_cap * 2 : 64;
-        struct weft__timer_entry *bigger = weft__alloc(cap * sizeof *bigger);
-        if (!bigger) {
-            weft__lock_release(&wk->timer_lock);
-            return ENOMEM;
-        }
-        for (size_t i = 0; i < wk->timers_len; i++)
-            bigger[i] = wk->timers[i];
-        weft__free(wk->timers, wk->timers_cap * sizeof *bigger);
-        wk->timers = bigger;
-        wk->timers_cap = cap;
+        if (!grow((void **)&wk->timers, wk->timers_cap, sizeof *wk->timers))
+            goto nomem;
+        wk->timers_cap = wk->timers_cap ? wk->timers_cap * 2 : 64;
     }
+    if (wk->cells_free == NO_CELL) {
+        uint32_t old = wk->cells_cap;
+        if (old >= NO_CELL / 2 || !grow((void **)&wk->cells, old, sizeof *wk->cells))
+            goto nomem;
+        wk->cells_cap = old ? old * 2 : 64;
+        for (uint32_t c = wk->cells_cap; c-- > old;) {
+            wk->cells[c].waiter = NULL;
+            wk->cells[c].next_free = wk->cells_free;
+            wk->cells_free = c;
+        }
+    }
+    uint32_t cell = wk->cells_free;
+    wk->cells_free = wk->cells[cell].next_free;
+    wk->cells[cell].waiter = w;
     w->timer_owner = wk;
+    w->timer_cell = cell;
     size_t i = wk->timers_len++;
-    set_at(wk, i, (struct weft__timer_entry){ w->deadline, w });
+    set_at(wk, i, (struct weft__timer_entry){ w->deadline, cell });
     sift_up(wk, i);
     publish_next(wk);
     weft__lock_release(&wk->timer_lock);
     return 0;
+nomem:
+    weft__lock_release(&wk->timer_lock);
+    return ENOMEM;
 }
 
 void weft__timer_cancel(weft__waiter *w)
@@ -127,8 +162,10 @@ void weft__timer_cancel(weft__waiter *w)
     if (!wk)
         return;
     weft__lock_acquire(&wk->timer_lock);
-    if (w->timer_index >= 0) {
-        remove_at(wk, (size_t)w->timer_index);
+    /* The cell is still w's unless the timer fired (then the cell may
+     * already serve another waiter). */
+    if (wk->cells[w->timer_cell].waiter == w) {
+        remove_at(wk, wk->cells[w->timer_cell].index);
         publish_next(wk);
     }
     weft__lock_release(&wk->timer_lock);
@@ -138,8 +175,7 @@ int64_t weft__timer_run(weft__worker *wk, int64_t now)
 {
     weft__lock_acquire(&wk->timer_lock);
     while (wk->timers_len && wk->timers[0].deadline <= now) {
-        weft__waiter *w = wk->timers[0].waiter;
-        remove_at(wk, 0);
+        weft__waiter *w = remove_at(wk, 0);
         if (weft__waiter_claim(w)) {
             w->result = ETIMEDOUT;
             /* Last use of w: once readied, its coroutine may return from
@@ -157,8 +193,12 @@ int64_t weft__timer_run(weft__worker *wk, int64_t now)
 void weft__timer_destroy(weft__worker *wk)
 {
     weft__free(wk->timers, wk->timers_cap * sizeof *wk->timers);
+    weft__free(wk->cells, wk->cells_cap * sizeof *wk->cells);
     wk->timers = NULL;
+    wk->cells = NULL;
     wk->timers_len = wk->timers_cap = 0;
+    wk->cells_cap = 0;
+    wk->cells_free = NO_CELL;
 }
 
 int weft_sleep_until(int64_t deadline)

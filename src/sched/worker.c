@@ -721,6 +721,7 @@ int weft_start(const weft_config *cfg)
         w->index = i;
         w->rng = 0x9E3779B97F4A7C15ull * (i + 1);
         atomic_init(&w->timer_next, INT64_MAX);
+        w->cells_free = UINT32_MAX; /* no timer cells yet (timer.c) */
         w->victims = calloc(n, sizeof *w->victims);
         w->victim_level = calloc(n, sizeof *w->victim_level);
         if (!w->victims || !w->victim_level || weft__deque_init(&w->deque) != 0 ||
