@@ -302,6 +302,41 @@ static void overflow_gen(weft_gen *g, void *arg)
     weft_gen_yield(g, V(overflow_down(0)));
 }
 
+static void *ctx_fn_unused(void *v)
+{
+    return v;
+}
+
+static void uses_contexts_inside(weft_gen *g, void *arg)
+{
+    weft_ctx **c = arg;
+    weft_ctx *made;
+    weft_gen_yield(g, (void *)(intptr_t)weft_ctx_make(&made, 0, ctx_fn_unused));
+    weft_gen_yield(g, weft_ctx_current());
+    weft_gen_yield(g, weft_ctx_switch(*c, (void *)1));
+}
+
+/* Contexts belong to plain threads' own stacks: a generator is refused,
+ * rather than having its stack saved into a context it does not run on. */
+static void test_gen_refuses_contexts_inside_a_generator(void **state)
+{
+    (void)state;
+    weft_ctx *c;
+    assert_int_equal(weft_ctx_make(&c, 0, ctx_fn_unused), 0);
+    weft_gen *g;
+    assert_int_equal(weft_gen_make(&g, NULL, uses_contexts_inside, &c), 0);
+    void *v;
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_int_equal((intptr_t)v, EPERM);
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_null(v);
+    assert_int_equal(weft_gen_next(g, &v), 0);
+    assert_null(v);
+    assert_int_equal(weft_gen_next(g, &v), ENODATA);
+    weft_gen_free(g);
+    weft_ctx_free(c);
+}
+
 static void child_overflows_generator(void)
 {
     weft_attr attr = { .stack_size = 64 * 1024, .name = "lexer" };
@@ -336,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_gen_free_releases_the_stack_of_an_unfinished_generator),
         cmocka_unit_test(test_gen_misuse_from_inside_gives_codes),
         cmocka_unit_test(test_gen_bad_input_gives_einval),
+        cmocka_unit_test(test_gen_refuses_contexts_inside_a_generator),
         cmocka_unit_test(test_gen_overflow_report_names_the_generator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

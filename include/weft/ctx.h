@@ -21,8 +21,8 @@ extern "C" {
 typedef struct weft_ctx weft_ctx;
 
 /* The calling thread's running context: the thread's own context before
- * any switch. Returns NULL inside a coroutine (where contexts are not
- * allowed) and when out of memory. */
+ * any switch. Returns NULL inside a coroutine or a generator (where
+ * contexts are not allowed) and when out of memory. */
 WEFT_API weft_ctx *weft_ctx_current(void);
 
 /* Makes a context that will run fn on a stack of at least stack_size bytes
@@ -30,7 +30,8 @@ WEFT_API weft_ctx *weft_ctx_current(void);
  * least). Its parent is the caller's current context. The first switch into
  * it calls fn(value). The stack is guarded: an overflow ends the process
  * with a report on stderr.
- * Returns 0; EINVAL if c or fn is NULL; EPERM inside a coroutine; ENOMEM. */
+ * Returns 0; EINVAL if c or fn is NULL; EPERM inside a coroutine or a
+ * generator; ENOMEM. */
 WEFT_API int weft_ctx_make(weft_ctx **c, size_t stack_size, void *(*fn)(void *));
 
 /* Runs `to`, passing it value (as fn's argument on the first switch, else
@@ -39,7 +40,7 @@ WEFT_API int weft_ctx_make(weft_ctx **c, size_t stack_size, void *(*fn)(void *))
  * of a child context whose function ended. Switching to a finished or freed
  * context, or to NULL, returns NULL at once and does nothing; switching to
  * the running context returns value. Call on the thread that made `to`;
- * inside a coroutine it returns NULL. */
+ * inside a coroutine or a generator it returns NULL and does nothing. */
 WEFT_API void *weft_ctx_switch(weft_ctx *to, void *value);
 
 /* Frees c, finished or not (an unfinished context's function never

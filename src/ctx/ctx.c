@@ -123,6 +123,7 @@ void weft__fiber_init(weft__fiber *f, weft__stack *s, unsigned kind, const char 
     f->lo = s->lo;
     f->size = s->size;
     f->kind = (unsigned char)kind;
+    f->in_ctx = 0;
     f->canary = s->mode == WEFT__GUARD_CANARY;
     f->name = name;
     f->sp = first_frame((char *)s->lo + s->size, entry, arg);
@@ -233,7 +234,15 @@ struct weft_ctx {
     void *(*fn)(void *);
 };
 
-static WEFT_TLS struct weft_ctx *ctx_running; /* NULL until first use */
+/* The running context is the one whose fiber is the thread's running
+ * fiber (weft__tls_fiber): no second thread-local to keep in step, so a
+ * switch stores one. Inside a generator the running fiber is the
+ * generator's, and there is no running context. */
+static inline struct weft_ctx *running_ctx(void)
+{
+    weft__fiber *f = weft__tls_fiber;
+    return f && f->in_ctx ? (struct weft_ctx *)(void *)f : NULL;
+}
 static WEFT_TLS struct weft_ctx *ctx_thread;
 static pthread_key_t ctx_key;
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
@@ -263,9 +272,11 @@ static struct weft_ctx *thread_ctx(void)
         c->is_thread = 1;
         c->refs = 1;
         c->fiber = *weft__fiber_thread();
+        c->fiber.in_ctx = 1;
         ctx_thread = c;
-        if (!ctx_running)
-            ctx_running = c;
+        /* On the thread's own stack, the copy stands for it from now on. */
+        if (weft__tls_fiber == &thread_fiber)
+            weft__tls_fiber = &c->fiber;
         pthread_setspecific(ctx_key, c);
     }
     return ctx_thread;
@@ -275,7 +286,11 @@ weft_ctx *weft_ctx_current(void)
 {
     if (weft__tls_on_worker)
         return NULL;
-    return ctx_running ? ctx_running : thread_ctx();
+    struct weft_ctx *cur = running_ctx();
+    if (cur)
+        return cur;
+    weft__fiber *f = weft__fiber_current();
+    return f == &thread_fiber ? thread_ctx() : NULL; /* NULL: in a generator */
 }
 
 /* Drops one reference; frees the struct at zero, which drops the
@@ -298,7 +313,6 @@ static void ctx_entry(void *value, void *arg)
     struct weft_ctx *p = c->parent;
     while (p->dead)
         p = p->parent;
-    ctx_running = p;
     weft__fiber_exit(&c->fiber, &p->fiber, result);
 }
 
@@ -309,8 +323,8 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
     if (weft__tls_on_worker)
         return EPERM;
     struct weft_ctx *parent = weft_ctx_current();
-    if (!parent)
-        return ENOMEM;
+    if (!parent) /* in a generator, or no memory for the thread's own */
+        return weft__fiber_current()->kind == WEFT__FIBER_GENERATOR ? EPERM : ENOMEM;
     struct weft_ctx *c = weft__calloc(sizeof *c);
     if (!c)
         return ENOMEM;
@@ -322,6 +336,7 @@ int weft_ctx_make(weft_ctx **out, size_t stack_size, void *(*fn)(void *))
     }
     weft__overflow_init();
     weft__fiber_init(&c->fiber, s, WEFT__FIBER_CONTEXT, NULL, ctx_entry, c);
+    c->fiber.in_ctx = 1;
     c->fn = fn;
     c->refs = 1;
     c->parent = parent;
@@ -337,34 +352,32 @@ static WEFT_NOINLINE void *ctx_switch_slow(weft_ctx *to, void *value)
 {
     if (!to || to->dead || weft__tls_on_worker)
         return NULL;
-    struct weft_ctx *cur = ctx_running;
-    if (!cur && !(cur = thread_ctx()))
-        return NULL;
+    struct weft_ctx *cur = weft_ctx_current();
+    if (!cur)
+        return NULL; /* in a generator, or out of memory */
     if (to == cur)
         return value;
-    ctx_running = to;
     return fiber_switch(&cur->fiber, &to->fiber, value);
 }
 
 void *weft_ctx_switch(weft_ctx *to, void *value)
 {
-    /* This is the ctx benchmark's whole path besides the assembly: a few
-     * loads and tests, two TLS stores and a tail jump into weft__ctx_jump.
-     * Contexts never change threads, so TLS is read directly. A worker
-     * thread needs no test here: ctx_running is set only by
-     * thread_ctx(), which every caller reaches after its worker check, so
-     * it stays NULL on a worker thread (a thread the scheduler starts) and
-     * the slow path answers there. */
-    struct weft_ctx *cur = ctx_running;
-    if (WEFT_UNLIKELY(!to || !cur || to == cur || to->dead))
+    /* This is the ctx benchmark's whole path besides the assembly: one
+     * thread-local load, a few tests, one thread-local store (in
+     * fiber_switch) and a tail jump into weft__ctx_jump. Contexts never
+     * change threads, so TLS is read directly. Everything else (NULL, a
+     * dead or running `to`, the thread's first use, a generator or a
+     * worker thread, where the running fiber is no context's) takes the
+     * slow path. */
+    weft__fiber *f = weft__tls_fiber;
+    if (WEFT_UNLIKELY(!to || !f || !f->in_ctx || f == &to->fiber || to->dead))
         return ctx_switch_slow(to, value);
-    ctx_running = to;
-    return fiber_switch(&cur->fiber, &to->fiber, value);
+    return fiber_switch(f, &to->fiber, value);
 }
 
 void weft_ctx_free(weft_ctx *c)
 {
-    if (!c || c->is_thread || c->freed || c == ctx_running)
+    if (!c || c->is_thread || c->freed || c == running_ctx())
         return;
     c->freed = c->dead = 1;
     /* The stack goes now; the struct stays while children may read it. */

@@ -30,6 +30,8 @@ typedef struct weft__fiber {
     void *sp;                  /* saved stack pointer while switched out */
     unsigned char canary;      /* its stack is canary-guarded (stack.c) */
     unsigned char kind;        /* enum weft__fiber_kind */
+    unsigned char in_ctx;      /* the first member of a struct weft_ctx (ctx.c):
+                                  a context's, or a thread's own context's */
     struct weft__stack *stack; /* NULL for a thread's own stack */
     void *lo;                  /* usable stack [lo, lo + size) */
     size_t size;
