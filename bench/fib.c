@@ -21,6 +21,7 @@
 #include <stdio.h>
 
 #include "bench.h"
+#include "workload.h"
 
 static int64_t fib_par(int64_t n);
 
@@ -40,22 +41,6 @@ static int64_t fib_par(int64_t n)
     int64_t b = fib_par(n - 2);
     BENCH_CHECK("fib", weft_join(co, &a));
     return (int64_t)(intptr_t)a + b;
-}
-
-static int64_t fib_serial(int64_t n)
-{
-    return n < 2 ? n : fib_serial(n - 1) + fib_serial(n - 2);
-}
-
-static int64_t fib_spawns(int64_t n)
-{
-    int64_t a = 0, b = 0; /* spawns(i - 2), spawns(i - 1) */
-    for (int64_t i = 2; i <= n; i++) {
-        int64_t c = 1 + b + a;
-        a = b;
-        b = c;
-    }
-    return n < 2 ? 0 : b;
 }
 
 struct fib_run {

@@ -1,8 +1,8 @@
 /* uts: an unbalanced tree, one coroutine per node (BENCH.md `uts`).
  *
- * The tree, exactly as BENCH.md defines it: sm() is splitmix64; a node is
+ * The tree, exactly as BENCH.md defines it: uts_sm() is splitmix64; a node is
  * its seed; the root's seed is 42 and it has 2000 children (--size N: N
- * children); child j of seed s has seed sm(s * 8 + j); a non-root node has
+ * children); child j of seed s has seed uts_sm(s * 8 + j); a non-root node has
  * 8 children when (s >> 11) * 2^-53 < 0.124, else none. 456513 nodes at full
  * size, up to 343 levels deep: most of the work sits in a few deep, narrow
  * subtrees, so it only spreads over the workers through stealing.
@@ -18,51 +18,18 @@
 #include <stdlib.h>
 
 #include "bench.h"
-
-#define UTS_ROOT_SEED 42u
-#define UTS_ROOT_CHILDREN 2000
-#define UTS_FULL_NODES 456513u
-
-static uint64_t sm(uint64_t x)
-{
-    uint64_t z = x + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static int children_of(uint64_t seed)
-{
-    return (double)(seed >> 11) * 0x1p-53 < 0.124 ? 8 : 0;
-}
-
-static uint64_t serial_node(uint64_t seed)
-{
-    uint64_t n = 1;
-    int c = children_of(seed);
-    for (int j = 0; j < c; j++)
-        n += serial_node(sm(seed * 8 + (uint64_t)j));
-    return n;
-}
-
-static uint64_t serial_tree(int64_t root_children)
-{
-    uint64_t n = 1;
-    for (int64_t j = 0; j < root_children; j++)
-        n += serial_node(sm(UTS_ROOT_SEED * 8 + (uint64_t)j));
-    return n;
-}
+#include "workload.h"
 
 /* A non-root node: arg is its seed, the result its subtree's size. */
 static void *node_co(void *arg)
 {
     uint64_t seed = (uint64_t)(uintptr_t)arg, n = 1;
-    int c = children_of(seed);
+    int c = uts_children(seed);
     weft_co *kids[8];
 
     for (int j = 0; j < c; j++)
         BENCH_CHECK("uts", weft_spawn(&kids[j], NULL, node_co,
-                                      (void *)(uintptr_t)sm(seed * 8 + (uint64_t)j)));
+                                      (void *)(uintptr_t)uts_sm(seed * 8 + (uint64_t)j)));
     for (int j = 0; j < c; j++) {
         void *count;
         BENCH_CHECK("uts", weft_join(kids[j], &count));
@@ -89,7 +56,7 @@ static void *uts_root(void *arg)
     int64_t t0 = bench_now_ns();
     for (int64_t j = 0; j < run->root_children; j++)
         BENCH_CHECK("uts", weft_spawn(&kids[j], NULL, node_co,
-                                      (void *)(uintptr_t)sm(UTS_ROOT_SEED * 8 + (uint64_t)j)));
+                                      (void *)(uintptr_t)uts_sm(UTS_ROOT_SEED * 8 + (uint64_t)j)));
     for (int64_t j = 0; j < run->root_children; j++) {
         void *count;
         BENCH_CHECK("uts", weft_join(kids[j], &count));
@@ -110,13 +77,13 @@ int bench_uts(const struct bench_opts *o)
 
     for (int r = 0; r < 3; r++) {
         int64_t t0 = bench_now_ns();
-        serial = serial_tree(run.root_children);
+        serial = uts_serial(run.root_children);
         serial_ns[r] = (double)(bench_now_ns() - t0);
     }
     double t_serial = bench_median(serial_ns, 3);
-    if (run.root_children == UTS_ROOT_CHILDREN && serial != UTS_FULL_NODES)
+    if (run.root_children == UTS_ROOT_CHILDREN && serial != UTS_NODES)
         bench_fail("uts", "serial DFS counts %llu nodes, BENCH.md says %u",
-                   (unsigned long long)serial, UTS_FULL_NODES);
+                   (unsigned long long)serial, UTS_NODES);
 
     int64_t startup_ns = bench_start("uts", o->workers, &workers);
     bench_run("uts", uts_root, &run);

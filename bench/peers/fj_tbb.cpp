@@ -37,13 +37,13 @@ static int64_t fib_par(int64_t n)
 
 static uint64_t uts_node(uint64_t seed)
 {
-    int c = peer_uts_children(seed);
+    int c = uts_children(seed);
     if (c == 0)
         return 1;
     uint64_t counts[8], n = 1;
     tbb::task_group g;
     for (int j = 0; j < c; j++)
-        g.run([&counts, seed, j] { counts[j] = uts_node(peer_uts_sm(seed * 8 + (uint64_t)j)); });
+        g.run([&counts, seed, j] { counts[j] = uts_node(uts_sm(seed * 8 + (uint64_t)j)); });
     g.wait();
     for (int j = 0; j < c; j++)
         n += counts[j];
@@ -56,7 +56,7 @@ static uint64_t uts_root(int64_t root_children)
     tbb::task_group g;
     for (int64_t j = 0; j < root_children; j++)
         g.run([&counts, j] {
-            counts[(size_t)j] = uts_node(peer_uts_sm(PEER_UTS_ROOT_SEED * 8 + (uint64_t)j));
+            counts[(size_t)j] = uts_node(uts_sm(UTS_ROOT_SEED * 8 + (uint64_t)j));
         });
     g.wait();
     uint64_t n = 1;
@@ -72,7 +72,7 @@ static void run_fib(const peer_opts *o, unsigned workers, tbb::task_arena &arena
     double serial_ns[3];
     for (int r = 0; r < 3; r++) {
         int64_t t0 = peer_now_ns();
-        serial = peer_fib_serial(n);
+        serial = fib_serial(n);
         serial_ns[r] = (double)(peer_now_ns() - t0);
     }
     double t_serial = peer_median(serial_ns, 3);
@@ -84,7 +84,7 @@ static void run_fib(const peer_opts *o, unsigned workers, tbb::task_arena &arena
     if (parallel != serial || (n == 30 && parallel != 832040))
         peer_fail("fib", impl, "fib(%lld) = %lld, want %lld", (long long)n,
                   (long long)parallel, (long long)serial);
-    int64_t spawns = peer_fib_spawns(n);
+    int64_t spawns = fib_spawns(n);
     char note[128];
     snprintf(note, sizeof note, "fib(%lld)=%lld spawns=%lld serial_ms=%.3f",
              (long long)n, (long long)parallel, (long long)spawns, t_serial / 1e6);
@@ -96,12 +96,12 @@ static void run_fib(const peer_opts *o, unsigned workers, tbb::task_arena &arena
 
 static void run_uts(const peer_opts *o, unsigned workers, tbb::task_arena &arena)
 {
-    int64_t root_children = o->size ? o->size : PEER_UTS_ROOT_CHILDREN;
+    int64_t root_children = o->size ? o->size : UTS_ROOT_CHILDREN;
     uint64_t serial = 0, parallel = 0;
     double serial_ns[3];
     for (int r = 0; r < 3; r++) {
         int64_t t0 = peer_now_ns();
-        serial = peer_uts_serial(root_children);
+        serial = uts_serial(root_children);
         serial_ns[r] = (double)(peer_now_ns() - t0);
     }
     double t_serial = peer_median(serial_ns, 3);
@@ -111,7 +111,7 @@ static void run_uts(const peer_opts *o, unsigned workers, tbb::task_arena &arena
     double t_par = (double)(peer_now_ns() - t0);
 
     if (parallel != serial ||
-        (root_children == PEER_UTS_ROOT_CHILDREN && parallel != PEER_UTS_NODES))
+        (root_children == UTS_ROOT_CHILDREN && parallel != UTS_NODES))
         peer_fail("uts", impl, "counted %llu nodes, serial DFS counts %llu",
                   (unsigned long long)parallel, (unsigned long long)serial);
     char note[128];

@@ -142,59 +142,8 @@ static inline double peer_median(double *v, size_t n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* The uts tree of BENCH.md: splitmix64, root seed 42 with `root_children`
- * children, child j of seed s has seed sm(s * 8 + j), a non-root node has 8
- * children when (s >> 11) * 2^-53 < 0.124. */
-#define PEER_UTS_ROOT_SEED 42u
-#define PEER_UTS_ROOT_CHILDREN 2000
-#define PEER_UTS_NODES 456513u /* the count at 2000 root children */
-
-static inline uint64_t peer_uts_sm(uint64_t x)
-{
-    uint64_t z = x + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static inline int peer_uts_children(uint64_t seed)
-{
-    return (double)(seed >> 11) * 0x1p-53 < 0.124 ? 8 : 0;
-}
-
-static inline uint64_t peer_uts_serial_node(uint64_t seed)
-{
-    uint64_t n = 1;
-    int c = peer_uts_children(seed);
-    for (int j = 0; j < c; j++)
-        n += peer_uts_serial_node(peer_uts_sm(seed * 8 + (uint64_t)j));
-    return n;
-}
-
-static inline uint64_t peer_uts_serial(int64_t root_children)
-{
-    uint64_t n = 1;
-    for (int64_t j = 0; j < root_children; j++)
-        n += peer_uts_serial_node(peer_uts_sm(PEER_UTS_ROOT_SEED * 8 + (uint64_t)j));
-    return n;
-}
-
-/* Serial fib and the number of spawns the fork-join version makes:
- * spawns(n) = 1 + spawns(n-1) + spawns(n-2) for n >= 2, else 0. */
-static inline int64_t peer_fib_serial(int64_t n)
-{
-    return n < 2 ? n : peer_fib_serial(n - 1) + peer_fib_serial(n - 2);
-}
-
-static inline int64_t peer_fib_spawns(int64_t n)
-{
-    int64_t a = 0, b = 0; /* spawns(i-2), spawns(i-1) */
-    for (int64_t i = 2; i <= n; i++) {
-        int64_t c = 1 + b + a;
-        a = b;
-        b = c;
-    }
-    return n < 2 ? 0 : b;
-}
+/* The fib and uts workloads themselves: one definition for every
+ * implementation. */
+#include "../workload.h"
 
 #endif
