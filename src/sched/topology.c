@@ -15,7 +15,26 @@
  * thieves do not all hit the same victim.
  *
  * The topology is loaded once per process (hwloc's discovery reads sysfs
- * and takes milliseconds, too much for every weft_start) and kept. */
+ * and takes milliseconds, too much for every weft_start) and kept.
+ *
+ * That first load is the bulk of a program's first weft_start, so it asks
+ * hwloc for no more than the CPU side:
+ *  - No plugins. hwloc dlopens every plugin it finds when its first
+ *    topology is made (Debian's libhwloc-plugins: PCI, OpenCL, GL and
+ *    libxml2 export, which pull in libpciaccess, libOpenCL, libX11 and
+ *    libxml2): 5 ms of a 7 ms first start, for discovery weft never
+ *    uses. hwloc's only switch for this is its environment, read once
+ *    at that moment, so weft sets HWLOC_PLUGINS_BLACKLIST for the call
+ *    and removes it again, unless the program set HWLOC_PLUGINS_BLACKLIST
+ *    or HWLOC_PLUGINS_PATH itself (its choice then stands). Nothing is
+ *    changed when another topology in the process already loaded them.
+ *  - No x86 CPUID backend: it binds the calling thread to every PU in
+ *    turn to read CPUID there (a migration per hardware thread), and
+ *    Linux's sysfs, which hwloc reads anyway, has all weft uses: cores,
+ *    packages, caches and NUMA nodes.
+ *  - No I/O objects, and (hwloc 2.8+) no distance matrices, memory
+ *    attributes or CPU kinds: the victim order below needs only the
+ *    tree. */
 #include <hwloc.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -27,11 +46,34 @@ static unsigned ncores;
 static hwloc_obj_t *cores;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
+/* Every plugin Debian's hwloc 2.9 ships and later ones may add: the
+ * names are the plugins' file names without ".so". */
+#define PLUGINS_UNUSED                                                                             \
+    "hwloc_pci,hwloc_opencl,hwloc_gl,hwloc_xml_libxml,hwloc_cuda,hwloc_nvml,hwloc_rsmi,"           \
+    "hwloc_levelzero"
+
+static int topology_init(hwloc_topology_t *out)
+{
+    const char *name = "HWLOC_PLUGINS_BLACKLIST";
+    int mine =
+        !getenv(name) && !getenv("HWLOC_PLUGINS_PATH") && setenv(name, PLUGINS_UNUSED, 0) == 0;
+    int rc = hwloc_topology_init(out);
+    if (mine)
+        unsetenv(name);
+    return rc;
+}
+
 static void load(void)
 {
-    if (hwloc_topology_init(&topo) != 0)
+    if (topology_init(&topo) != 0)
         goto fail;
-    hwloc_topology_set_flags(topo, HWLOC_TOPOLOGY_FLAG_RESTRICT_TO_CPUBINDING);
+    unsigned long flags = HWLOC_TOPOLOGY_FLAG_RESTRICT_TO_CPUBINDING;
+#if HWLOC_API_VERSION >= 0x00020800
+    flags |= HWLOC_TOPOLOGY_FLAG_NO_DISTANCES | HWLOC_TOPOLOGY_FLAG_NO_MEMATTRS |
+             HWLOC_TOPOLOGY_FLAG_NO_CPUKINDS;
+#endif
+    hwloc_topology_set_flags(topo, flags);
+    (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "x86");
     /* Only the CPU side matters: skip PCI and other I/O discovery. */
     hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_NONE);
     if (hwloc_topology_load(topo) != 0) {
