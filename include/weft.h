@@ -46,6 +46,11 @@ typedef struct weft_config {
 
 /* Starts the runtime: its workers, idle until something is spawned.
  * cfg may be NULL (all defaults). Call from a plain thread.
+ * The first start of a process also reads the machine's topology with
+ * hwloc (about 2 ms on a small machine; later starts reuse it). While
+ * hwloc initialises, HWLOC_PLUGINS_BLACKLIST is set in the environment so
+ * it loads none of its plugins, then removed; a program that sets
+ * HWLOC_PLUGINS_BLACKLIST or HWLOC_PLUGINS_PATH itself keeps its value.
  * Returns 0; EALREADY if running; EDEADLK inside a coroutine; EINVAL for a
  * pin value out of range; ENOMEM or EAGAIN if threads or memory run out. */
 WEFT_API int weft_start(const weft_config *cfg);

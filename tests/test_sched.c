@@ -9,9 +9,11 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "weft.h"
@@ -490,8 +492,70 @@ static void test_sched_bad_input_gets_error_codes(void **state)
     assert_int_equal(weft_stop(), 0);
 }
 
-int main(void)
+/* True when a hwloc plugin (Debian's libhwloc-plugins) is mapped. */
+static int hwloc_plugin_loaded(void)
 {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int found = 0;
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, "/hwloc/hwloc_") != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The first weft_start of a process keeps hwloc from loading its plugins
+ * through HWLOC_PLUGINS_BLACKLIST (topology.c). In a fresh process (this
+ * binary run again, see main): no plugin is mapped after the start, the
+ * variable is gone again, and a value the program set itself stands.
+ * Exit status 0 when all hold. */
+static int first_start_child(const char *mode)
+{
+    const char *name = "HWLOC_PLUGINS_BLACKLIST";
+    int user_set = strcmp(mode, "user-set") == 0;
+    if (user_set)
+        setenv(name, "hwloc_pci", 1);
+    else
+        unsetenv(name);
+    weft_co *co;
+    void *r = NULL;
+    if (weft_start(&two_workers) != 0 || weft_spawn(&co, NULL, ret_arg, (void *)name) != 0 ||
+        weft_join(co, &r) != 0 || r != name || weft_stop() != 0)
+        return 2;
+    const char *now = getenv(name);
+    if (user_set)
+        return now && strcmp(now, "hwloc_pci") == 0 ? 0 : 1;
+    return now == NULL && !hwloc_plugin_loaded() ? 0 : 1;
+}
+
+static int run_fresh(const char *mode)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl("/proc/self/exe", "test_sched", "--first-start", mode, (char *)NULL);
+        _exit(3);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env(void **state)
+{
+    (void)state;
+    assert_int_equal(run_fresh("unset"), 0);
+    assert_int_equal(run_fresh("user-set"), 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--first-start") == 0)
+        return first_start_child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sched_sleepers_overlap_and_wake_in_deadline_order),
         cmocka_unit_test(test_sched_yield_interleaves_strictly_on_one_worker),
@@ -507,6 +571,7 @@ int main(void)
         cmocka_unit_test(test_sched_self_worker_and_stats_report_the_runtime),
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
+        cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
