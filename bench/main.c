@@ -14,7 +14,7 @@
  *   pingpong  round trips                 (1,000,000)
  *   timers    sleeping coroutines         (100,000)
  *   park      parked coroutines           (100,000)
- *   startup   runs, median reported       (11)
+ *   startup   runs; the first is reported  (1)
  * Memory is read from /proc/self/status (VmRSS, and VmHWM for the peak).
  * Exit status: 0 with result lines printed, 1 when a checksum or a call
  * fails, 2 on bad arguments. */
