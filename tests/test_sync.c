@@ -451,6 +451,51 @@ static void test_wg_wait_returns_when_count_reaches_zero(void **state)
 
 /* --- bad input --------------------------------------------------------------------- */
 
+/* A waitgroup freed as soon as its wait returns, as Go's WaitGroup
+ * allows: the done() that reached 0 must be finished with it by then.
+ * Each round mallocs a waitgroup, a helper thread calls done() on it and
+ * the main thread waits (blocking, then polling with a zero deadline) and
+ * frees it at once. The ASan build catches a late touch. Bounded in time. */
+static _Atomic(weft_wg *) wg_slot;
+static _Atomic int wg_helper_stop;
+
+static void *wg_done_helper(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&wg_helper_stop)) {
+        weft_wg *g = atomic_exchange(&wg_slot, NULL);
+        if (g)
+            weft_wg_done(g);
+    }
+    return NULL;
+}
+
+static void test_wg_may_be_freed_as_soon_as_wait_returns(void **state)
+{
+    (void)state;
+    pthread_t helper;
+    atomic_store(&wg_helper_stop, 0);
+    assert_int_equal(pthread_create(&helper, NULL, wg_done_helper, NULL), 0);
+    int64_t end = weft_now() + 300 * 1000000LL;
+    for (long round = 0; weft_now() < end; round++) {
+        weft_wg *g = malloc(sizeof *g);
+        assert_non_null(g);
+        assert_int_equal(weft_wg_init(g), 0);
+        assert_int_equal(weft_wg_add(g, 1), 0);
+        atomic_store(&wg_slot, g);
+        if (round % 2) {
+            assert_int_equal(weft_wg_wait(g, WEFT_FOREVER), 0);
+        } else {
+            while (weft_wg_wait(g, 0) == ETIMEDOUT)
+                ;
+        }
+        memset(g, 0xA5, sizeof *g);
+        free(g);
+    }
+    atomic_store(&wg_helper_stop, 1);
+    pthread_join(helper, NULL);
+}
+
 static void test_sync_bad_input_gets_error_codes(void **state)
 {
     (void)state;
@@ -500,6 +545,7 @@ int main(void)
         cmocka_unit_test(test_sem_wait_times_out_and_post_overflows),
         cmocka_unit_test(test_sem_ping_pong_between_plain_threads),
         cmocka_unit_test(test_wg_wait_returns_when_count_reaches_zero),
+        cmocka_unit_test(test_wg_may_be_freed_as_soon_as_wait_returns),
         cmocka_unit_test(test_sync_bad_input_gets_error_codes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -332,12 +332,24 @@ _Static_assert(sizeof(int) == sizeof(_Atomic int), "atomic count size");
 /* The count is an atomic outside the lock: add and done are one CAS
  * (Go's WaitGroup is one atomic add), so a million coroutines finishing
  * on different workers do not serialise on the lock. Only the move to 0
- * takes the lock, to wake the waiters; a waiter re-reads the count under
- * the lock before it queues, so it either sees 0 or is queued before the
- * adder's lock and is woken. */
+ * takes the lock, to wake the waiters, and it takes it *before* the count
+ * becomes 0: a waiter that sees 0 may return and free the waitgroup (it
+ * may live on its stack), so the adder must be done with it by then. A
+ * waiter that sees 0 also checks that the lock is free; if not, the adder
+ * that made the 0 still holds it, and the waiter passes through the lock
+ * once to wait for that release, the adder's last touch. A waiter re-reads
+ * the count under the lock before it queues, so it either sees 0 or is
+ * queued before the adder's lock and is woken. */
 static _Atomic int *count_of(weft_wg *g)
 {
     return (_Atomic int *)(void *)&g->weft_count_;
+}
+
+/* The count after adding delta to old, or -1 when out of range. */
+static long long wg_next(int old, int delta)
+{
+    long long next = (long long)old + delta;
+    return next < 0 || next > INT_MAX ? -1 : next;
 }
 
 int weft_wg_add(weft_wg *g, int delta)
@@ -345,24 +357,34 @@ int weft_wg_add(weft_wg *g, int delta)
     if (!g)
         return EINVAL;
     _Atomic int *count = count_of(g);
-    int old = atomic_load_explicit(count, memory_order_relaxed), now;
-    do {
-        long long next = (long long)old + delta;
-        if (next < 0 || next > INT_MAX)
+    int old = atomic_load_explicit(count, memory_order_relaxed);
+    long long next;
+    for (;;) {
+        if ((next = wg_next(old, delta)) < 0)
             return EINVAL;
-        now = (int)next;
+        if (next == 0 && delta != 0)
+            break; /* the move to 0: under the lock, below */
         /* Acq_rel: done() releases the coroutine's work to the waiter
          * that sees 0 (acquire in weft_wg_wait). */
-    } while (!atomic_compare_exchange_weak_explicit(count, &old, now, memory_order_acq_rel,
-                                                    memory_order_relaxed));
-    if (now != 0 || delta == 0)
-        return 0;
+        if (atomic_compare_exchange_weak_explicit(count, &old, (int)next, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return 0;
+    }
     weft__lock *lock = lock_of(&g->weft_lock_);
     weft__lock_acquire(lock);
-    sync_node *first = atomic_load_explicit(count, memory_order_relaxed) == 0
-                           ? queue_take_all(wg_queue(g), 0)
-                           : NULL;
-    weft__lock_release(lock);
+    /* Other adders still CAS outside the lock: the count may move again. */
+    old = atomic_load_explicit(count, memory_order_relaxed);
+    for (;;) {
+        if ((next = wg_next(old, delta)) < 0) {
+            weft__lock_release(lock);
+            return EINVAL;
+        }
+        if (atomic_compare_exchange_weak_explicit(count, &old, (int)next, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            break;
+    }
+    sync_node *first = next == 0 ? queue_take_all(wg_queue(g), 0) : NULL;
+    weft__lock_release(lock); /* the last touch of g */
     wake_chain(first);
     return 0;
 }
@@ -377,10 +399,13 @@ int weft_wg_wait(weft_wg *g, int64_t deadline)
     if (!g)
         return EINVAL;
     _Atomic int *count = count_of(g);
-    /* Acquire: pairs with the release of the done() that reached 0. */
-    if (atomic_load_explicit(count, memory_order_acquire) == 0)
-        return 0;
     weft__lock *lock = lock_of(&g->weft_lock_);
+    /* Acquire: pairs with the release of the done() that reached 0, which
+     * took the lock before it: so the lock word read next is that
+     * acquisition or later, and 0 there means the adder has let go. */
+    if (atomic_load_explicit(count, memory_order_acquire) == 0 &&
+        atomic_load_explicit(&lock->word, memory_order_acquire) == 0)
+        return 0;
     weft__lock_acquire(lock);
     if (atomic_load_explicit(count, memory_order_acquire) == 0) {
         weft__lock_release(lock);
