@@ -993,9 +993,68 @@ static void test_chan_random_operations_match_sequential_model(void **state)
         run_model(base + k, 2000);
 }
 
+/* A select that times out must not return while the worker that parked
+ * it still holds its gate (a lock in weft_select's frame): the timer can
+ * fire on another worker first, and the late release would write into
+ * whatever the coroutine put in that frame's place. The test hook holds
+ * the gate for 10 ms after the timer is armed; meanwhile an idle worker
+ * fires the timer. The coroutine then fills a frame where weft_select's
+ * was and checks it once the hook is done. */
+extern void (*weft__test_park_armed)(void);
+static _Atomic int gate_hold, gate_held_done;
+
+static void hold_gate(void)
+{
+    if (!atomic_exchange(&gate_hold, 0))
+        return;
+    int64_t end = weft_now() + 10 * MS;
+    while (weft_now() < end)
+        ;
+    atomic_store(&gate_held_done, 1);
+}
+
+static __attribute__((noinline)) int frame_survives_the_release(void)
+{
+    volatile unsigned char frame[8192];
+    for (size_t i = 0; i < sizeof frame; i++)
+        frame[i] = 0xAA;
+    while (!atomic_load(&gate_held_done))
+        weft_yield();
+    for (size_t i = 0; i < sizeof frame; i++)
+        if (frame[i] != 0xAA)
+            return 0;
+    return 1;
+}
+
+static void *select_times_out(void *arg)
+{
+    int *intact = arg;
+    for (int round = 0; round < 5; round++) {
+        size_t done = 99;
+        atomic_store(&gate_held_done, 0);
+        atomic_store(&gate_hold, 1);
+        assert_int_equal(weft_select(NULL, 0, weft_now() + MS / 5, &done), ETIMEDOUT);
+        assert_int_equal(done, 99);
+        *intact += frame_survives_the_release();
+    }
+    return NULL;
+}
+
+static void test_select_timeout_waits_for_its_gate(void **state)
+{
+    (void)state;
+    weft_config cfg = { .workers = 3, .pin = WEFT_PIN_OFF };
+    int intact = 0;
+    weft__test_park_armed = hold_gate;
+    assert_int_equal(weft_main(&cfg, select_times_out, &intact, NULL), 0);
+    weft__test_park_armed = NULL;
+    assert_int_equal(intact, 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_select_timeout_waits_for_its_gate),
         cmocka_unit_test(test_chan_rendezvous_delivers_in_order_and_waits_for_receiver),
         cmocka_unit_test(test_chan_capacity_is_respected),
         cmocka_unit_test(test_chan_close_wakes_blocked_senders_and_receivers),

@@ -63,6 +63,12 @@ void weft__waiter_wake(weft__waiter *w, bool next)
     weft__futex_wake(&w->state, 1);
 }
 
+#if defined(WEFT_TESTING)
+/* Test builds only: called between arming the timer and releasing the
+ * lock, the window in which the timer may already fire elsewhere. */
+void (*weft__test_park_armed)(void);
+#endif
+
 struct park_args {
     weft__waiter *w;
     weft__lock *lock;
@@ -79,7 +85,8 @@ static bool after_switch(void *arg)
     struct park_args *p = arg;
     weft__waiter *w = p->w;
     weft__lock *lock = p->lock;
-    if (w->deadline != WEFT_FOREVER && weft__timer_add(weft__worker_self(), w) != 0) {
+    bool timed = w->deadline != WEFT_FOREVER;
+    if (timed && weft__timer_add(weft__worker_self(), w) != 0) {
         /* No memory for the timer: time out now rather than never. Not in
          * any heap, so w is still ours to write. */
         if (weft__waiter_claim(w))
@@ -88,6 +95,10 @@ static bool after_switch(void *arg)
             weft__lock_release(lock);
         return false;
     }
+#if defined(WEFT_TESTING)
+    if (timed && weft__test_park_armed)
+        weft__test_park_armed(); /* w may be gone: the hook gets nothing */
+#endif
     if (lock)
         weft__lock_release(lock);
     return true;

@@ -117,7 +117,7 @@ typedef struct weft__worker {
     size_t timers_len, timers_cap;
     struct weft__timer_cell *cells;
     uint32_t cells_cap, cells_free; /* cells_free: UINT32_MAX when none */
-    _Atomic int64_t timer_next; /* earliest deadline, INT64_MAX if none */
+    _Atomic int64_t timer_next;     /* earliest deadline, INT64_MAX if none */
     /* Live-count credit (owner only): units of weft__rt.live this worker
      * reserved and has not used for a live coroutine yet. */
     long live_credit;
@@ -139,7 +139,7 @@ typedef struct weft__waiter {
     /* Timer bookkeeping (timer.c), under the owner's timer_lock. */
     struct weft__worker *timer_owner;
     uint32_t timer_cell; /* its cell in timer_owner's array */
-    size_t sel; /* weft_select: the case that completed (chan.c) */
+    size_t sel;          /* weft_select: the case that completed (chan.c) */
 } weft__waiter;
 
 enum {
@@ -282,5 +282,11 @@ static inline void weft__count(_Atomic uint64_t *c)
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
                           memory_order_relaxed);
 }
+
+#if defined(WEFT_TESTING)
+/* park.c: a test's hook between arming a wait's timer and releasing the
+ * wait's lock (NULL: none). */
+extern void (*weft__test_park_armed)(void);
+#endif
 
 #endif
