@@ -108,7 +108,15 @@ static inline void weft__lifo_push(weft__lifo *l, weft__lifo_node *n)
 static inline weft__lifo_node *weft__lifo_pop(weft__lifo *l)
 {
     for (;;) {
-        AO_t top = l->head.AO_val1, ver = l->head.AO_val2;
+        /* The version first, then the top, each with acquire: the top is
+         * then no older than the version, so if n was popped (and maybe
+         * pushed back) after the top was read, the version has moved and
+         * the CAS fails. Read the other way round, a weakly ordered CPU
+         * (AArch64) may see a newer version than the top it pairs with,
+         * and the CAS could install a stale next. On x86 these are plain
+         * loads, in this order. */
+        AO_t ver = __atomic_load_n(&l->head.AO_val2, __ATOMIC_ACQUIRE);
+        AO_t top = __atomic_load_n(&l->head.AO_val1, __ATOMIC_ACQUIRE);
         weft__lifo_node *n = (weft__lifo_node *)top;
         if (n == NULL)
             return NULL;
