@@ -82,7 +82,8 @@ WEFT_API int weft_worker(void);
 typedef struct weft_co weft_co;
 
 typedef struct weft_attr {
-    size_t stack_size; /* 0: the runtime's default; rounded up to pages */
+    size_t stack_size; /* 0: the runtime's default; rounded up to pages;
+                          above 1 TiB: ENOMEM */
     const char *name;  /* copied; shown in overflow reports and traces */
 } weft_attr;
 
@@ -95,7 +96,7 @@ typedef struct weft_attr {
  * that have not started, yields after spawning (as weft_yield), so a
  * spawning loop cannot outrun the workers without bound.
  * Returns 0; EINVAL if fn is NULL; EPERM if the runtime is not running;
- * ENOMEM. */
+ * ENOMEM, also for a stack_size above 1 TiB. */
 WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr, void *(*fn)(void *), void *arg);
 
 /* Waits for co to finish, stores its return value in *result (if result is

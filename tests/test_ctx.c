@@ -21,7 +21,9 @@
 #include <fenv.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -631,6 +633,11 @@ static void test_ctx_bad_input_gives_einval_or_null(void **state)
     assert_int_equal(weft_ctx_make(NULL, 0, echo), EINVAL);
     assert_int_equal(weft_ctx_make(&c, 0, NULL), EINVAL);
     assert_ptr_equal(c, untouched);
+    /* Sizes no mapping can have: ENOMEM, not a wrapped size. */
+    assert_int_equal(weft_ctx_make(&c, SIZE_MAX, echo), ENOMEM);
+    assert_int_equal(weft_ctx_make(&c, SIZE_MAX - 4095, echo), ENOMEM);
+    assert_int_equal(weft_ctx_make(&c, ((size_t)1 << 40) + 1, echo), ENOMEM);
+    assert_ptr_equal(c, untouched);
     assert_null(weft_ctx_switch(NULL, (void *)1));
     weft_ctx_free(NULL);               /* no-op */
     weft_ctx_free(weft_ctx_current()); /* the thread's own: no-op */
@@ -641,6 +648,81 @@ static void test_ctx_bad_input_gives_einval_or_null(void **state)
     assert_int_equal((intptr_t)weft_ctx_switch(c, (void *)4), 8);
     weft_ctx_free(c); /* unfinished: fine */
     assert_ptr_equal(weft_ctx_current(), main_ctx);
+}
+
+/* --- signals that are not faults ----------------------------------------- */
+
+static void child_raises_sigsegv(void)
+{
+    weft_ctx *c;
+    if (weft_ctx_make(&c, 0, echo) != 0) /* weft's handler is installed */
+        _exit(2);
+    raise(SIGSEGV);
+    _exit(0); /* not reached: the default action ends the process */
+}
+
+/* A SIGSEGV sent with raise or kill is not an overflow: with no handler
+ * before weft's, it must end the process as the default action does,
+ * not vanish. */
+static void test_ctx_sent_sigsegv_still_ends_the_process(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_raises_sigsegv, err, sizeof err);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_null(strstr(err, "stack overflow"));
+}
+
+/* --- fork ------------------------------------------------------------------ */
+
+/* Makes n contexts and frees them; true if all were made. */
+static int make_contexts(int n)
+{
+    weft_ctx **c = malloc((size_t)n * sizeof *c);
+    int made = 0;
+    while (c && made < n && weft_ctx_make(&c[made], 0, echo) == 0)
+        made++;
+    for (int i = 0; i < made; i++)
+        weft_ctx_free(c[i]);
+    free(c);
+    return made == n;
+}
+
+static void child_reuses_fd_numbers(void)
+{
+    /* The parent's descriptors are gone; this child's own pipe end now
+     * sits on every low number, whichever the parent's pidfd had. */
+    int fds[2];
+    for (int fd = 3; fd < 64; fd++)
+        close(fd);
+    if (pipe(fds) != 0)
+        _exit(2);
+    for (int fd = 3; fd < 64; fd++)
+        if (fd != fds[0] && fd != fds[1])
+            dup2(fds[0], fd);
+    /* More stacks than this process has pooled: new ones are mapped, and
+     * their guards installed in batches through the pidfd. */
+    if (!make_contexts(4000))
+        _exit(3);
+    for (int fd = 3; fd < 64; fd++) {
+        struct stat st;
+        if (fd != fds[1] && (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)))
+            _exit(1);
+    }
+    _exit(0);
+}
+
+/* A forked child gets its own pidfd for batched guard pages, and never
+ * closes a descriptor number the child's code has reused. */
+static void test_ctx_forked_child_keeps_its_descriptors(void **state)
+{
+    (void)state;
+    assert_true(make_contexts(100)); /* the parent's pidfd is open */
+    char err[4096];
+    int status = run_child(child_reuses_fd_numbers, err, sizeof err);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 int main(void)
@@ -663,6 +745,8 @@ int main(void)
         cmocka_unit_test(test_ctx_overflow_report_names_the_coroutine),
         cmocka_unit_test(test_ctx_canary_mode_catches_overflow_at_next_switch),
         cmocka_unit_test(test_ctx_bad_input_gives_einval_or_null),
+        cmocka_unit_test(test_ctx_sent_sigsegv_still_ends_the_process),
+        cmocka_unit_test(test_ctx_forked_child_keeps_its_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -488,6 +488,10 @@ static void test_sched_bad_input_gets_error_codes(void **state)
     assert_int_equal(weft_start(&two_workers), 0);
     assert_int_equal(weft_start(&two_workers), EALREADY);
     assert_int_equal(weft_spawn(&co, NULL, NULL, NULL), EINVAL);
+    /* A stack no mapping can have: refused at spawn, not at the first run
+     * (where the only way out would be abort). */
+    weft_attr huge = { .stack_size = SIZE_MAX };
+    assert_int_equal(weft_spawn(&co, &huge, ret_arg, NULL), ENOMEM);
     assert_int_equal(weft_join(NULL, NULL), EINVAL);
     assert_int_equal(weft_detach(NULL), EINVAL);
     assert_int_equal(weft_spawn(&co, NULL, inside, NULL), 0);

@@ -67,6 +67,9 @@
 #define GUARD_BYTES ((size_t)64 * 1024)
 #define DEFAULT_BYTES ((size_t)256 * 1024)
 #define MIN_BYTES ((size_t)16 * 1024)
+/* The largest stack (stack.h): far beyond any real one, and small enough
+ * that no size computation here can wrap (a batch of 32 fits in size_t). */
+#define MAX_BYTES WEFT__STACK_MAX_BYTES
 #define CACHE_MAX 64
 #define POOL_KEEP 1024
 #define BATCH 32
@@ -165,6 +168,8 @@ static size_t round_pages(size_t bytes)
 {
     if (bytes < MIN_BYTES)
         bytes = MIN_BYTES;
+    if (bytes > MAX_BYTES)
+        bytes = MAX_BYTES;
     return (bytes + page_bytes - 1) & ~(page_bytes - 1);
 }
 
@@ -255,27 +260,40 @@ static int guard(weft__stack *s, unsigned want)
  * a single process_madvise on our own pidfd (one system call for a batch,
  * a third cheaper than a madvise each). False if it is not supported or
  * did not cover every guard: the caller then guards one by one. */
+#if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
+/* The process's own pidfd for process_madvise, opened on first use. A
+ * forked child inherits the parent's, which would advise the parent: the
+ * child handler closes it at once, before the child's own code can reuse
+ * the number, and resets the lock a forking thread may have held. */
+static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
+static int pidfd = -1; /* under pidfd_lock */
+
+static void pidfd_after_fork(void)
+{
+    pthread_mutex_init(&pidfd_lock, NULL);
+    if (pidfd >= 0)
+        close(pidfd);
+    pidfd = -1;
+}
+
+static void pidfd_setup(void)
+{
+    pthread_atfork(NULL, NULL, pidfd_after_fork);
+}
+#endif
+
 static bool guard_batch(char *base, size_t one, unsigned count)
 {
 #if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
-    static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
-    static int pidfd = -1;  /* under pidfd_lock */
-    static pid_t pidfd_pid; /* the process pidfd belongs to */
+    static pthread_once_t pidfd_once = PTHREAD_ONCE_INIT;
     struct iovec iov[BATCH];
     if (count > BATCH)
         return false;
-    /* Once per batch of 32 stacks: a lock is cheap here. A forked child
-     * inherits the parent's pidfd, and advising through it would touch the
-     * parent: the child opens its own (only the forking thread exists in
-     * the child, so the inherited fd can be closed safely). */
-    pid_t me = getpid();
+    pthread_once(&pidfd_once, pidfd_setup);
+    /* Once per batch of 32 stacks: a lock is cheap here. */
     pthread_mutex_lock(&pidfd_lock);
-    if (pidfd < 0 || pidfd_pid != me) {
-        if (pidfd >= 0)
-            close(pidfd);
-        pidfd = (int)syscall(SYS_pidfd_open, me, 0);
-        pidfd_pid = me;
-    }
+    if (pidfd < 0)
+        pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     int fd = pidfd;
     pthread_mutex_unlock(&pidfd_lock);
     if (fd < 0)
@@ -342,14 +360,18 @@ static void release(weft__stack *s)
 
 int weft__stack_get(size_t bytes, weft__stack **out)
 {
+    if (bytes > MAX_BYTES)
+        return ENOMEM;
     size_t size = weft__stack_round(bytes);
     size_t def = weft__stack_default_size();
     weft__stack *s;
     if (size == def) {
-        if ((s = cache) != NULL) {
+        while ((s = cache) != NULL) {
             cache = s->next;
             cache_count--;
-            goto found;
+            if (s->size == size)
+                goto found;
+            release(s); /* cached before the default changed */
         }
         while ((s = (weft__stack *)weft__lifo_pop(&pool)) != NULL) {
             atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
@@ -534,7 +556,9 @@ static struct sigaction previous[2]; /* SIGSEGV, SIGBUS */
 static void on_fault(int sig, siginfo_t *info, void *uctx)
 {
     weft__fiber *f = weft__tls_fiber;
-    if (f && f->stack && f->stack->mode != WEFT__GUARD_CANARY) {
+    /* si_code <= 0: sent by kill, raise or sigqueue, not a fault. */
+    bool fault = info->si_code > 0;
+    if (fault && f && f->stack && f->stack->mode != WEFT__GUARD_CANARY) {
         char *addr = info->si_addr;
         char *guard_lo = f->stack->map, *guard_hi = f->stack->lo;
         if (addr >= guard_lo && addr < guard_hi) {
@@ -548,9 +572,15 @@ static void on_fault(int sig, siginfo_t *info, void *uctx)
     struct sigaction *prev = &previous[sig == SIGBUS];
     if (prev->sa_flags & SA_SIGINFO) {
         prev->sa_sigaction(sig, info, uctx);
-    } else if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
-        /* Not ours: restore the default and let the fault happen again. */
+    } else if (prev->sa_handler == SIG_IGN) {
+        if (fault)
+            signal(sig, SIG_DFL); /* a real fault cannot be ignored */
+    } else if (prev->sa_handler == SIG_DFL) {
+        /* Not ours: the default action. A fault happens again on return;
+         * a sent signal must be sent again. */
         signal(sig, SIG_DFL);
+        if (!fault)
+            raise(sig);
     } else {
         prev->sa_handler(sig);
     }

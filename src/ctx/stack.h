@@ -42,6 +42,9 @@ void weft__stack_set_default(size_t bytes);
 /* Rounds a requested size up to whole pages; 0 means the default. */
 size_t weft__stack_round(size_t bytes);
 
+/* The largest stack size weft accepts (1 TiB); larger requests are ENOMEM. */
+#define WEFT__STACK_MAX_BYTES ((size_t)1 << 40)
+
 /* A stack of at least `bytes` usable (0: the default). 0, or ENOMEM. */
 int weft__stack_get(size_t bytes, weft__stack **out);
 /* Back to the calling thread's cache or the shared pool (a stack of

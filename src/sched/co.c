@@ -187,6 +187,10 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
      * for); plain threads only while it runs. */
     if (!(state == 1 || (state == 2 && w)))
         return EPERM;
+    /* The stack is mapped at the first run, where a failure could only
+     * abort: refuse a size that can never be mapped here. */
+    if (attr && attr->stack_size > WEFT__STACK_MAX_BYTES)
+        return ENOMEM;
     weft_co *co = co_alloc(w);
     if (!co)
         return ENOMEM;
