@@ -30,6 +30,16 @@ static __attribute__((noinline, unused)) int overflow_down(int n)
     return overflow_down(n + 1) + buf[(n * 7) & 511];
 }
 
+/* Recurses `depth` frames of about 512 bytes, then returns. */
+static __attribute__((noinline, unused)) int overflow_down_to(int n, int depth)
+{
+    volatile char buf[512];
+    buf[n & 511] = (char)n;
+    if (n >= depth)
+        return buf[0];
+    return overflow_down_to(n + 1, depth) + buf[(n * 7) & 511];
+}
+
 static void overflow_child_save(void)
 {
     sigaction(SIGSEGV, NULL, &weft_segv);

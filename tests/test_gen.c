@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -356,6 +357,136 @@ static void test_gen_overflow_report_names_the_generator(void **state)
     assert_non_null(strstr(err, "weft: stack overflow in generator 'lexer' (stack 65536 bytes)\n"));
 }
 
+/* --- contexts freed from inside a generator -------------------------------- */
+
+static weft_ctx *gen_caller_ctx;
+
+static void yields_twice(weft_gen *g, void *arg)
+{
+    (void)arg;
+    volatile char frame[2048]; /* written where a recycled stack's top is */
+    for (size_t i = 0; i < sizeof frame; i++)
+        frame[i] = (char)i;
+    weft_gen_yield(g, V(frame[7]));
+    weft_gen_yield(g, V(2));
+}
+
+/* Frees the context that advanced it, then runs another generator, whose
+ * stack would be that context's if the free had gone through. */
+static void frees_its_caller(weft_gen *g, void *arg)
+{
+    (void)arg;
+    weft_ctx_free(gen_caller_ctx);
+    weft_gen *other;
+    void *v;
+    if (weft_gen_make(&other, NULL, yields_twice, NULL) == 0) {
+        weft_gen_next(other, &v);
+        weft_gen_free(other);
+    }
+    weft_gen_yield(g, V(1));
+}
+
+static void *advances_a_generator(void *value)
+{
+    volatile intptr_t marker = 4242;
+    weft_gen *g;
+    void *v = NULL;
+    if (weft_gen_make(&g, NULL, frees_its_caller, NULL) != 0 || weft_gen_next(g, &v) != 0)
+        return NULL;
+    weft_gen_free(g);
+    return (intptr_t)v == 1 && marker == 4242 ? value : NULL;
+}
+
+static void child_frees_caller_inside_generator(void)
+{
+    if (weft_ctx_make(&gen_caller_ctx, 0, advances_a_generator) != 0)
+        _exit(2);
+    void *r = weft_ctx_switch(gen_caller_ctx, V(77));
+    _exit(r == V(77) ? 0 : 1);
+}
+
+/* A generator cannot know which context it runs above, so weft_ctx_free
+ * does nothing inside one: freeing the context that called it would hand
+ * a live stack to the next generator. */
+static void test_gen_cannot_free_the_context_beneath_it(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_frees_caller_inside_generator, err, sizeof err);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* --- a changed default stack size reaches stacks cached on this thread -------- */
+
+static void recurse_deep(weft_gen *g, void *arg)
+{
+    (void)arg;
+    /* About 600 KiB of frames: beyond the 256 KiB default. */
+    weft_gen_yield(g, V(overflow_down_to(0, 1200)));
+}
+
+static void child_uses_the_new_default(void)
+{
+    weft_gen *g;
+    void *v;
+    /* A default-size stack goes to this thread's cache... */
+    if (weft_gen_make(&g, NULL, yields_twice, NULL) != 0)
+        _exit(2);
+    weft_gen_next(g, &v);
+    weft_gen_free(g);
+    /* ...and the runtime's start changes the default to 1 MiB. */
+    weft_config cfg = { .workers = 1, .stack_size = 1 << 20 };
+    if (weft_start(&cfg) != 0 || weft_gen_make(&g, NULL, recurse_deep, NULL) != 0)
+        _exit(3);
+    int rc = weft_gen_next(g, &v);
+    weft_gen_free(g);
+    weft_stop();
+    _exit(rc == 0 ? 0 : 4);
+}
+
+static void test_gen_stack_follows_a_changed_default_size(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_uses_the_new_default, err, sizeof err);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_null(strstr(err, "stack overflow"));
+}
+
+/* --- an overflow on a thread that did not make the generator ------------------ */
+
+static weft_gen *made_elsewhere;
+
+static void *advance_made_elsewhere(void *arg)
+{
+    (void)arg;
+    void *v;
+    weft_gen_next(made_elsewhere, &v);
+    return NULL;
+}
+
+static void child_overflows_on_another_thread(void)
+{
+    weft_attr attr = { .stack_size = 64 * 1024, .name = "moved" };
+    pthread_t t;
+    if (weft_gen_make(&made_elsewhere, &attr, overflow_gen, NULL) != 0)
+        _exit(2);
+    if (pthread_create(&t, NULL, advance_made_elsewhere, NULL) == 0)
+        pthread_join(t, NULL);
+}
+
+static void test_gen_overflow_is_reported_on_any_thread(void **state)
+{
+    (void)state;
+    char err[4096];
+    int status = run_child(child_overflows_on_another_thread, err, sizeof err);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(strstr(err, "weft: stack overflow in generator 'moved' (stack 65536 bytes)\n"));
+}
+
 int main(void)
 {
     weft__overflow_init();
@@ -373,6 +504,9 @@ int main(void)
         cmocka_unit_test(test_gen_bad_input_gives_einval),
         cmocka_unit_test(test_gen_refuses_contexts_inside_a_generator),
         cmocka_unit_test(test_gen_overflow_report_names_the_generator),
+        cmocka_unit_test(test_gen_cannot_free_the_context_beneath_it),
+        cmocka_unit_test(test_gen_stack_follows_a_changed_default_size),
+        cmocka_unit_test(test_gen_overflow_is_reported_on_any_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,7 +31,7 @@ WEFT_API weft_ctx *weft_ctx_current(void);
  * it calls fn(value). The stack is guarded: an overflow ends the process
  * with a report on stderr.
  * Returns 0; EINVAL if c or fn is NULL; EPERM inside a coroutine or a
- * generator; ENOMEM. */
+ * generator; ENOMEM, also for a stack_size above 1 TiB. */
 WEFT_API int weft_ctx_make(weft_ctx **c, size_t stack_size, void *(*fn)(void *));
 
 /* Runs `to`, passing it value (as fn's argument on the first switch, else
@@ -45,7 +45,8 @@ WEFT_API void *weft_ctx_switch(weft_ctx *to, void *value);
 
 /* Frees c, finished or not (an unfinished context's function never
  * resumes, and its stack is released without unwinding it). Does nothing
- * for NULL, the thread's own context or the running context. Children of
+ * for NULL, the thread's own context or the running context, nor inside a
+ * generator (which may have been called from c). Children of
  * c that finish later return to c's nearest live ancestor. */
 WEFT_API void weft_ctx_free(weft_ctx *c);
 

@@ -377,7 +377,12 @@ void *weft_ctx_switch(weft_ctx *to, void *value)
 
 void weft_ctx_free(weft_ctx *c)
 {
-    if (!c || c->is_thread || c->freed || c == running_ctx())
+    /* Inside a generator the running context is not known (the
+     * generator's caller may be any context of this thread), so nothing
+     * is freed there, as weft_ctx_* refuse everything inside generators. */
+    weft__fiber *f = weft__tls_fiber;
+    if (!c || c->is_thread || c->freed || c == running_ctx() ||
+        (f && f->kind == WEFT__FIBER_GENERATOR))
         return;
     c->freed = c->dead = 1;
     /* The stack goes now; the struct stays while children may read it. */
