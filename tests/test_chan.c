@@ -1051,10 +1051,54 @@ static void test_select_timeout_waits_for_its_gate(void **state)
     assert_int_equal(intact, 5);
 }
 
+/* API.md: a coroutine that yields runs again only after every coroutine
+ * that was runnable before it. Woken coroutines may run first, but the
+ * wake queue's starvation bound must not let the yielder overtake them:
+ * 40 receivers parked on one channel, woken at once by its close. */
+static _Atomic int receivers_woken;
+
+static void *receive_until_closed(void *arg)
+{
+    weft_chan *ch = arg;
+    int v;
+    if (weft_chan_recv(ch, &v, WEFT_FOREVER) == EPIPE)
+        atomic_fetch_add(&receivers_woken, 1);
+    return NULL;
+}
+
+static void *close_then_yield(void *arg)
+{
+    int *seen = arg;
+    weft_chan *ch;
+    weft_co *rx[40];
+    assert_int_equal(weft_chan_make(&ch, sizeof(int), 0), 0);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(weft_spawn(&rx[i], NULL, receive_until_closed, ch), 0);
+    weft_yield(); /* all 40 run and park */
+    assert_int_equal(weft_chan_close(ch), 0);
+    weft_yield();
+    *seen = atomic_load(&receivers_woken);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(weft_join(rx[i], NULL), 0);
+    weft_chan_free(ch);
+    return NULL;
+}
+
+static void test_chan_yield_runs_after_every_woken_receiver(void **state)
+{
+    (void)state;
+    weft_config one = { .workers = 1 };
+    int seen = -1;
+    atomic_store(&receivers_woken, 0);
+    assert_int_equal(weft_main(&one, close_then_yield, &seen, NULL), 0);
+    assert_int_equal(seen, 40);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_select_timeout_waits_for_its_gate),
+        cmocka_unit_test(test_chan_yield_runs_after_every_woken_receiver),
         cmocka_unit_test(test_chan_rendezvous_delivers_in_order_and_waits_for_receiver),
         cmocka_unit_test(test_chan_capacity_is_respected),
         cmocka_unit_test(test_chan_close_wakes_blocked_senders_and_receivers),

@@ -468,6 +468,17 @@ static weft_co *prepare(weft__worker *w, weft_co *entry)
  * parked one's callback runs (Go's unlockf), a finished one is ended.
  * Doing it after the switch is what makes the direct switch safe: nobody
  * can take a coroutine from a queue while it still runs on its stack. */
+static void woken_to_deque(weft__worker *w)
+{
+    weft_co *co;
+    while ((co = take(&w->wakeq)) != NULL)
+        local_push(w, co);
+    if ((co = w->runnext) != NULL) {
+        w->runnext = NULL;
+        local_push(w, co);
+    }
+}
+
 void weft__settle(weft__worker *w)
 {
     weft_co *prev = w->prev;
@@ -476,6 +487,12 @@ void weft__settle(weft__worker *w)
     w->prev = NULL;
     switch (prev->why) {
     case WEFT__WHY_YIELD:
+        /* Behind every runnable coroutine, woken ones included: they move
+         * to the deque first (they were allowed to run next, not obliged
+         * to), or the wake queue's starvation bound could let the yielder
+         * run again before them. */
+        if (WEFT_UNLIKELY(w->runnext || weft__deque_size(&w->wakeq) > 0))
+            woken_to_deque(w);
         local_push(w, prev);
         if (weft__rt.nworkers > 1)
             weft__notify();
@@ -662,7 +679,7 @@ static unsigned env_workers(void)
 
 static void free_workers(unsigned n)
 {
-    for (unsigned i = 0; i < n; i++) {
+    for (unsigned i = 0; weft__rt.workers && i < n; i++) {
         weft__worker *w = weft__rt.workers[i];
         if (!w)
             continue;
@@ -682,7 +699,7 @@ static void free_workers(unsigned n)
 int weft_start(const weft_config *cfg)
 {
     if (weft__worker_self())
-        return EDEADLK;
+        return EALREADY; /* a coroutine runs: so does the runtime */
     weft_config defaults = { 0 };
     if (!cfg)
         cfg = &defaults;
@@ -794,6 +811,10 @@ void weft__live_return(weft__worker *w)
     }
 }
 
+/* Held by weft_stop while it frees the workers and by weft_stats_get while
+ * it reads them: stats may be read while the runtime is stopping. */
+static pthread_mutex_t workers_lifetime = PTHREAD_MUTEX_INITIALIZER;
+
 int weft_stop(void)
 {
     if (weft__worker_self())
@@ -808,12 +829,14 @@ int weft_stop(void)
         wake_worker(weft__rt.workers[i]);
     for (unsigned i = 0; i < weft__rt.nworkers; i++)
         pthread_join(weft__rt.workers[i]->thread, NULL);
+    pthread_mutex_lock(&workers_lifetime);
     free_workers(weft__rt.nworkers);
     weft__co_pool_drain();
     weft__stack_trim(UINT32_MAX);
     weft__rt.inject_head = weft__rt.inject_tail = NULL;
     atomic_store(&weft__rt.inject_len, 0);
     atomic_store(&weft__rt.state, 0);
+    pthread_mutex_unlock(&workers_lifetime);
     return 0;
 }
 
@@ -821,8 +844,6 @@ int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg, void **res
 {
     if (!fn)
         return EINVAL;
-    if (weft__worker_self())
-        return EDEADLK;
     int err = weft_start(cfg);
     if (err)
         return err;
@@ -843,8 +864,12 @@ int weft_stats_get(weft_stats *out)
 {
     if (!out)
         return EINVAL;
-    if (atomic_load(&weft__rt.state) != 1 && atomic_load(&weft__rt.state) != 2)
+    pthread_mutex_lock(&workers_lifetime);
+    int state = atomic_load(&weft__rt.state);
+    if (state != 1 && state != 2) {
+        pthread_mutex_unlock(&workers_lifetime);
         return EPERM;
+    }
     memset(out, 0, sizeof *out);
     out->spawned = atomic_load_explicit(&weft__rt.spawned_outside, memory_order_relaxed);
     out->wakeups = atomic_load_explicit(&wakeups_outside, memory_order_relaxed);
@@ -859,5 +884,6 @@ int weft_stats_get(weft_stats *out)
         out->wakeups += atomic_load_explicit(&c->wakeups, memory_order_relaxed);
         out->handoffs += atomic_load_explicit(&c->handoffs, memory_order_relaxed);
     }
+    pthread_mutex_unlock(&workers_lifetime);
     return 0;
 }
