@@ -47,11 +47,12 @@ typedef struct weft_config {
 /* Starts the runtime: its workers, idle until something is spawned.
  * cfg may be NULL (all defaults). Call from a plain thread.
  * The first start of a process also reads the machine's topology with
- * hwloc (about 2 ms on a small machine; later starts reuse it). While
- * hwloc initialises, HWLOC_PLUGINS_BLACKLIST is set in the environment so
- * it loads none of its plugins, then removed; a program that sets
+ * hwloc (about 2 ms on a small machine; later starts reuse it). If the
+ * caller is the process's only thread, HWLOC_PLUGINS_BLACKLIST is set in
+ * the environment while hwloc initialises, so it loads none of its
+ * plugins (5 ms more), then removed; a program that sets
  * HWLOC_PLUGINS_BLACKLIST or HWLOC_PLUGINS_PATH itself keeps its value.
- * Returns 0; EALREADY if running; EDEADLK inside a coroutine; EINVAL for a
+ * Returns 0; EALREADY if running (so also inside a coroutine); EINVAL for a
  * pin value out of range; ENOMEM or EAGAIN if threads or memory run out. */
 WEFT_API int weft_start(const weft_config *cfg);
 
@@ -65,7 +66,7 @@ WEFT_API int weft_stop(void);
  * and for every coroutine started meanwhile, stops, and stores fn's return
  * value in *result (if result is not NULL).
  * Returns 0; EINVAL if fn is NULL; EALREADY if the runtime is running;
- * EDEADLK inside a coroutine; the errors of weft_start. */
+ * the errors of weft_start (EALREADY inside a coroutine). */
 WEFT_API int weft_main(const weft_config *cfg, void *(*fn)(void *), void *arg, void **result);
 
 /* The number of workers, 0 when the runtime is not running. Any thread. */

@@ -460,7 +460,8 @@ static void *inside(void *arg)
     (void)arg;
     assert_int_equal(weft_join(weft_self(), NULL), EDEADLK);
     assert_int_equal(weft_stop(), EDEADLK);
-    assert_int_equal(weft_start(NULL), EDEADLK);
+    assert_int_equal(weft_start(NULL), EALREADY); /* it runs: we are in it */
+    assert_int_equal(weft_main(NULL, ret_arg, NULL, NULL), EALREADY);
     weft_ctx *c;
     assert_int_equal(weft_ctx_make(&c, 0, ret_arg), EPERM);
     weft_co *co;
@@ -471,6 +472,81 @@ static void *inside(void *arg)
     assert_int_equal(weft_join(co, NULL), 0);
     return NULL;
 }
+
+/* weft_stats_get may be called while another thread stops the runtime:
+ * it must not read the workers as they are freed (ASan build). */
+static _Atomic int stats_reader_stop;
+
+static void *read_stats_in_a_loop(void *arg)
+{
+    (void)arg;
+    weft_stats st;
+    while (!atomic_load(&stats_reader_stop))
+        (void)weft_stats_get(&st);
+    return NULL;
+}
+
+static void test_sched_stats_may_be_read_while_the_runtime_stops(void **state)
+{
+    (void)state;
+    pthread_t reader;
+    atomic_store(&stats_reader_stop, 0);
+    assert_int_equal(pthread_create(&reader, NULL, read_stats_in_a_loop, NULL), 0);
+    int64_t end = weft_now() + 200 * MS;
+    while (weft_now() < end) {
+        assert_int_equal(weft_start(&two_workers), 0);
+        assert_int_equal(weft_stop(), 0);
+    }
+    atomic_store(&stats_reader_stop, 1);
+    pthread_join(reader, NULL);
+}
+
+/* A sleep whose deadline lies past the end of int64_t time never ends: it
+ * used to wrap to a past deadline and return at once. */
+static _Atomic int long_sleep_returned;
+
+static void *sleep_for_ever(void *arg)
+{
+    (void)arg;
+    weft_sleep(INT64_MAX);
+    atomic_store(&long_sleep_returned, 1);
+    return NULL;
+}
+
+static void test_sched_longest_sleep_does_not_return_at_once(void **state)
+{
+    (void)state;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, sleep_for_ever, NULL), 0);
+    pthread_detach(t); /* it sleeps until the process ends */
+    weft_sleep(30 * MS);
+    assert_int_equal(atomic_load(&long_sleep_returned), 0);
+}
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+/* weft_start with too little memory for its worker array returns ENOMEM
+ * (it used to crash freeing the array it never got). In a child with a
+ * small address-space limit; not under the sanitizers, which need far
+ * more address space than any such limit. */
+static void test_sched_start_without_memory_is_enomem(void **state)
+{
+    (void)state;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit lim = { 1UL << 30, 1UL << 30 };
+        setrlimit(RLIMIT_AS, &lim);
+        weft_config huge = { .workers = 1U << 28 };
+        _exit(weft_start(&huge) == ENOMEM ? 0 : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+#endif
 
 static void test_sched_bad_input_gets_error_codes(void **state)
 {
@@ -526,6 +602,18 @@ static int first_start_child(const char *mode)
         setenv(name, "hwloc_pci", 1);
     else
         unsetenv(name);
+    /* weft changes the environment only while it is the only thread
+     * (a sanitizer's runtime may have started one of its own). */
+    int alone = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[128];
+    long threads = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %ld", &threads) == 1)
+            break;
+    if (f)
+        fclose(f);
+    alone = threads == 1;
     weft_co *co;
     void *r = NULL;
     if (weft_start(&two_workers) != 0 || weft_spawn(&co, NULL, ret_arg, (void *)name) != 0 ||
@@ -534,7 +622,7 @@ static int first_start_child(const char *mode)
     const char *now = getenv(name);
     if (user_set)
         return now && strcmp(now, "hwloc_pci") == 0 ? 0 : 1;
-    return now == NULL && !hwloc_plugin_loaded() ? 0 : 1;
+    return now == NULL && (!alone || !hwloc_plugin_loaded()) ? 0 : 1;
 }
 
 /* posix_spawn, not fork: fork runs jemalloc's atfork handlers, which take
@@ -578,6 +666,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_self_worker_and_stats_report_the_runtime),
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
+        cmocka_unit_test(test_sched_stats_may_be_read_while_the_runtime_stops),
+        cmocka_unit_test(test_sched_longest_sleep_does_not_return_at_once),
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+        cmocka_unit_test(test_sched_start_without_memory_is_enomem),
+#endif
         cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -223,5 +223,7 @@ int weft_sleep(int64_t ns)
 {
     if (ns <= 0)
         return 0;
-    return weft_sleep_until(weft_now() + ns);
+    int64_t now = weft_now();
+    /* Saturate: a sleep past the end of int64_t time never ends. */
+    return weft_sleep_until(ns > INT64_MAX - now ? INT64_MAX : now + ns);
 }

@@ -26,8 +26,11 @@
  *    uses. hwloc's only switch for this is its environment, read once
  *    at that moment, so weft sets HWLOC_PLUGINS_BLACKLIST for the call
  *    and removes it again, unless the program set HWLOC_PLUGINS_BLACKLIST
- *    or HWLOC_PLUGINS_PATH itself (its choice then stands). Nothing is
- *    changed when another topology in the process already loaded them.
+ *    or HWLOC_PLUGINS_PATH itself (its choice then stands). Only while
+ *    the calling thread is the process's only one: setenv and unsetenv
+ *    race other threads' getenv (glibc may free the environment array
+ *    they read) and forks; with other threads, the plugins load. Nothing
+ *    is changed when another topology in the process already loaded them.
  *  - No x86 CPUID backend: it binds the calling thread to every PU in
  *    turn to read CPUID there (a migration per hardware thread), and
  *    Linux's sysfs, which hwloc reads anyway, has all weft uses: cores,
@@ -37,6 +40,7 @@
  *    tree. */
 #include <hwloc.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "sched.h"
@@ -52,11 +56,27 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
     "hwloc_pci,hwloc_opencl,hwloc_gl,hwloc_xml_libxml,hwloc_cuda,hwloc_nvml,hwloc_rsmi,"           \
     "hwloc_levelzero"
 
+/* True when the calling thread is the process's only one: then changing
+ * the environment cannot race another thread's getenv, setenv or fork. */
+static int only_thread(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[128];
+    long threads = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %ld", &threads) == 1)
+            break;
+    fclose(f);
+    return threads == 1;
+}
+
 static int topology_init(hwloc_topology_t *out)
 {
     const char *name = "HWLOC_PLUGINS_BLACKLIST";
-    int mine =
-        !getenv(name) && !getenv("HWLOC_PLUGINS_PATH") && setenv(name, PLUGINS_UNUSED, 0) == 0;
+    int mine = !getenv(name) && !getenv("HWLOC_PLUGINS_PATH") && only_thread() &&
+               setenv(name, PLUGINS_UNUSED, 0) == 0;
     int rc = hwloc_topology_init(out);
     if (mine)
         unsetenv(name);
