@@ -548,6 +548,47 @@ static void test_sched_start_without_memory_is_enomem(void **state)
 }
 #endif
 
+/* A plain thread spawning while another thread starts and stops the
+ * runtime: every spawn that returned 0 runs (weft_stop waits for it), and
+ * none touches freed workers (ASan build). Bounded in time. */
+static _Atomic int spawner_stop;
+static _Atomic long spawns_ok, spawned_ran;
+
+static void *count_run(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&spawned_ran, 1);
+    return NULL;
+}
+
+static void *spawn_while_stopping(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&spawner_stop))
+        if (weft_spawn(NULL, NULL, count_run, NULL) == 0)
+            atomic_fetch_add(&spawns_ok, 1);
+    return NULL;
+}
+
+static void test_sched_plain_spawns_racing_stop_all_run(void **state)
+{
+    (void)state;
+    pthread_t spawner;
+    atomic_store(&spawner_stop, 0);
+    atomic_store(&spawns_ok, 0);
+    atomic_store(&spawned_ran, 0);
+    assert_int_equal(pthread_create(&spawner, NULL, spawn_while_stopping, NULL), 0);
+    int64_t end = weft_now() + 300 * MS;
+    while (weft_now() < end) {
+        assert_int_equal(weft_start(&two_workers), 0);
+        assert_int_equal(weft_stop(), 0);
+    }
+    atomic_store(&spawner_stop, 1);
+    pthread_join(spawner, NULL);
+    assert_true(atomic_load(&spawns_ok) > 0);
+    assert_int_equal(atomic_load(&spawned_ran), atomic_load(&spawns_ok));
+}
+
 static void test_sched_bad_input_gets_error_codes(void **state)
 {
     (void)state;
@@ -667,6 +708,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
         cmocka_unit_test(test_sched_stats_may_be_read_while_the_runtime_stops),
+        cmocka_unit_test(test_sched_plain_spawns_racing_stop_all_run),
         cmocka_unit_test(test_sched_longest_sleep_does_not_return_at_once),
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
         cmocka_unit_test(test_sched_start_without_memory_is_enomem),

@@ -177,16 +177,31 @@ void weft__co_finished(weft__worker *w, weft_co *co)
     weft__live_dec(w);
 }
 
+static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*fn)(void *),
+                 void *arg);
+
 int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *arg)
 {
     if (!fn)
         return EINVAL;
     weft__worker *w = weft__worker_self();
-    int state = atomic_load_explicit(&weft__rt.state, memory_order_acquire);
-    /* Coroutines may spawn while the runtime is stopping (they are waited
-     * for); plain threads only while it runs. */
-    if (!(state == 1 || (state == 2 && w)))
-        return EPERM;
+    if (w) /* coroutines may spawn while the runtime stops: it waits for them */
+        return spawn(w, out, attr, fn, arg);
+    /* A plain thread only while it runs, and it holds the runtime while it
+     * spawns: weft_stop could otherwise see no live coroutine between this
+     * check and the coroutine's count, and free the workers the spawn is
+     * about to queue on and notify. */
+    weft__live_hold();
+    int err = atomic_load_explicit(&weft__rt.state, memory_order_seq_cst) == 1
+                  ? spawn(NULL, out, attr, fn, arg)
+                  : EPERM;
+    weft__live_unhold();
+    return err;
+}
+
+static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*fn)(void *),
+                 void *arg)
+{
     /* The stack is mapped at the first run, where a failure could only
      * abort: refuse a size that can never be mapped here. */
     if (attr && attr->stack_size > WEFT__STACK_MAX_BYTES)

@@ -205,6 +205,10 @@ static inline weft_co *weft__entry_co(weft_co *entry)
 void weft__live_inc(weft__worker *w); /* w NULL: a plain thread */
 void weft__live_dec(weft__worker *w);
 void weft__live_return(weft__worker *w); /* gives all credit back */
+/* A plain thread's hold on the runtime while it queues work and notifies
+ * workers: counted as live, so weft_stop cannot free the workers meanwhile. */
+void weft__live_hold(void);
+void weft__live_unhold(void);
 
 /* --- coroutines (co.c) -------------------------------------------------- */
 void weft__co_free(weft__worker *w, weft_co *co);

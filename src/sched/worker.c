@@ -578,9 +578,14 @@ void weft__ready(weft_co *co, bool next)
 {
     weft__worker *w = weft__worker_self();
     if (!w) {
+        /* co is live until it ends, but it may end (and weft_stop may
+         * free the workers) before notify is done with them: hold the
+         * runtime across both. */
+        weft__live_hold();
         atomic_fetch_add_explicit(&wakeups_outside, 1, memory_order_relaxed);
         inject_push(co);
         weft__notify();
+        weft__live_unhold();
         return;
     }
     weft__count(&w->stats.wakeups);
@@ -722,7 +727,8 @@ int weft_start(const weft_config *cfg)
     weft__rt.idle_len = 0;
     atomic_store(&weft__rt.sleeping, 0);
     atomic_store(&weft__rt.spinning, 0);
-    atomic_store(&weft__rt.live, 0);
+    /* live is not reset: it is 0 after a stop, except for a plain
+     * thread's hold (weft__live_hold) in flight, which it must keep. */
     atomic_store(&weft__rt.quiescent, 0);
     atomic_store(&weft__rt.spawned_outside, 0);
     atomic_store(&wakeups_outside, 0);
@@ -792,6 +798,18 @@ void weft__live_inc(weft__worker *w)
         w->live_credit = CREDIT_BATCH;
     }
     w->live_credit--;
+}
+
+void weft__live_hold(void)
+{
+    /* Seq_cst: against weft_stop's store of its state then load of live
+     * (the caller reads the state after this). */
+    atomic_fetch_add_explicit(&weft__rt.live, 1, memory_order_seq_cst);
+}
+
+void weft__live_unhold(void)
+{
+    live_sub(1);
 }
 
 void weft__live_dec(weft__worker *w)
