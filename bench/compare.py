@@ -5,8 +5,11 @@ Called by bench/compare once weft and the peers are built (see there); it can
 also be run directly: `python3 bench/compare.py --build build [<id>...]`.
 
 What it does, per workload id (default: all of BENCH.md's, in its order):
-- Runs weft-bench and every peer built for that workload alternately, A B C
-  A B C ..., for BENCH_ROUNDS rounds (5; --smoke: 1), each with the same
+- Runs weft-bench and every peer built for that workload alternately, for
+  BENCH_ROUNDS rounds (5; --smoke: 1), the order rotated each round (A B C,
+  B C A, C A B, ...) so no implementation always runs right after the same
+  one: a run that leaves the kernel reclaiming gigabytes (Boost.Fiber's
+  spawn peaks at 9.5 GB) slows whatever starts next. Each with the same
   --workers (weft's own default count, read once from `weft-bench startup`)
   and the same --size. Only `bench=` lines count; a run that exits non-zero
   or prints none failed. A failing peer is dropped with a note; a failing
@@ -48,6 +51,12 @@ PEER_ORDER = ["boost_fcontext", "swapcontext", "go", "boost_fiber", "openmp",
 SMOKE_SIZE = {"ctx": 100000, "yield": 20000, "spawn": 10000, "skynet": 10000,
               "fib": 18, "uts": 16, "pingpong": 10000, "timers": 2000,
               "park": 2000, "startup": 3}
+def rotated(items, r):
+    """items in round r's order: the list rotated left by r."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
 HIGHER_IS_BETTER = re.compile(r"^(requests_per_s|nodes_per_s|speedup.*|efficiency.*)$")
 LINE = re.compile(r"^bench=(\S+) impl=(\S+) workers=(\d+) metric=(\S+) "
                   r"value=(-?[0-9.]+(?:[eE][-+]?\d+)?) unit=(\S+)")
@@ -182,7 +191,7 @@ class Harness:
         dead = set()
         for r in range(self.rounds):
             log(f"{bench}: round {r + 1}/{self.rounds}")
-            for impl, argv in impls:
+            for impl, argv in rotated(impls, r):
                 if impl in dead:
                     continue
                 lines = self.run(impl, argv, bench, self.workers, size)
@@ -213,7 +222,7 @@ class Harness:
             for p in counts:
                 for r in range(self.rounds):
                     log(f"scale {bench} workers={p}: round {r + 1}/{self.rounds}")
-                    for impl, path in impls:
+                    for impl, path in rotated(impls, r):
                         if impl in dead:
                             continue
                         lines = self.run(impl, [path, bench], "scale/" + bench, p, size)
@@ -350,7 +359,7 @@ class Harness:
             dead = set()
             for r in range(self.rounds):
                 log(f"http: round {r + 1}/{self.rounds}")
-                for name, (proc, port, _) in live:
+                for name, (proc, port, _) in rotated(live, r):
                     if name in dead:
                         continue
                     res = self.wrk(wrk, name, port, duration)
