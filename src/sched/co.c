@@ -101,9 +101,9 @@ static void give_batch(weft__worker *w)
 
 void weft__co_free(weft__worker *w, weft_co *co)
 {
-    if (co->name) {
-        weft__free(co->name, strlen(co->name) + 1);
-        co->name = NULL;
+    if (co->fiber.name) {
+        weft__free((char *)co->fiber.name, strlen(co->fiber.name) + 1);
+        co->fiber.name = NULL;
     }
     /* A stale handle then reads DEAD (EINVAL) until the descriptor is reused. */
     atomic_store_explicit(&co->join, WEFT__JOIN_DEAD, memory_order_relaxed);
@@ -214,19 +214,20 @@ static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*
     co->fiber.stack = NULL;
     co->resume = NULL;
     co->result = NULL;
-    co->name = NULL;
+    co->fiber.name = NULL;
     /* Relaxed: published with the queue entry (release in the push). A
      * detached coroutine has no joiner to claim it: already TAKEN, so its
      * first run skips the RMW. */
     atomic_store_explicit(&co->qstate, out ? 0 : WEFT__Q_TAKEN, memory_order_relaxed);
     if (attr && attr->name) {
         size_t len = strlen(attr->name) + 1;
-        co->name = weft__alloc(len);
-        if (!co->name) {
+        char *name = weft__alloc(len);
+        if (!name) {
             weft__co_free(w, co);
             return ENOMEM;
         }
-        memcpy(co->name, attr->name, len);
+        memcpy(name, attr->name, len);
+        co->fiber.name = name;
     }
     co->fn = fn;
     co->arg = arg;

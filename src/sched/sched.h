@@ -60,7 +60,9 @@ enum {
  * written by the thread running or scheduling the coroutine, with the queue
  * hand-offs (release/acquire) ordering them. */
 struct weft_co {
-    weft__fiber fiber;   /* its own stack (stack NULL until first run) */
+    weft__fiber fiber;   /* its own stack (stack NULL until first run);
+                            fiber.name is the coroutine's owned copy of
+                            attr->name, or NULL, from the spawn on */
     weft__fiber *resume; /* where it continues: its fiber, or a
                             generator's fiber it parked inside; NULL
                             before the first run */
@@ -69,7 +71,6 @@ struct weft_co {
     void *result;
     struct weft_co *next; /* free lists and the injection queue */
     size_t stack_size;    /* requested; 0: the default */
-    char *name;           /* owned copy, or NULL */
     /* Handle state (see WEFT__JOIN_*). Exchanged by the finishing side,
      * CASed by join and detach: acq_rel, so the result written before the
      * finish is visible to the joiner. */
@@ -82,6 +83,12 @@ struct weft_co {
     bool (*after)(void *arg); /* park: run on the scheduler's stack */
     void *after_arg;
 };
+#if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
+/* A million queued descriptors (skynet spawns every leaf before the first
+ * runs) are a million jemalloc objects: 128 bytes is a size class, 136
+ * would be 160. Sanitizer builds add fields to the fiber. */
+_Static_assert(sizeof(struct weft_co) <= 128, "weft_co fits jemalloc's 128-byte class");
+#endif
 
 /* Per-worker statistics, written by the owning worker only (relaxed
  * stores of load+1: nothing orders on them), summed by weft_stats_get. */

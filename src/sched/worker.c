@@ -455,7 +455,7 @@ static weft_co *prepare(weft__worker *w, weft_co *entry)
             fprintf(stderr, "weft: out of memory for a coroutine stack\n");
             abort();
         }
-        weft__fiber_init(&co->fiber, s, WEFT__FIBER_COROUTINE, co->name, weft__co_entry, co);
+        weft__fiber_init(&co->fiber, s, WEFT__FIBER_COROUTINE, co->fiber.name, weft__co_entry, co);
         co->resume = &co->fiber;
     }
     return co;
