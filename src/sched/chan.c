@@ -381,28 +381,6 @@ static bool chan_bytes(size_t elem_size, size_t cap, size_t *bytes)
     return true;
 }
 
-/* Under AddressSanitizer a channel comes from malloc, which ASan replaces
- * with its quarantining allocator, so a touch of a freed channel is
- * reported (it cannot see inside jemalloc's memory). */
-static void *chan_alloc(size_t bytes)
-{
-#ifdef WEFT_ASAN
-    return malloc(bytes);
-#else
-    return weft__alloc(bytes);
-#endif
-}
-
-static void chan_dealloc(weft_chan *ch, size_t bytes)
-{
-#ifdef WEFT_ASAN
-    (void)bytes;
-    free(ch);
-#else
-    weft__free(ch, bytes);
-#endif
-}
-
 int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
 {
     size_t bytes;
@@ -410,7 +388,7 @@ int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
         return EINVAL;
     if (!chan_bytes(elem_size, capacity, &bytes))
         return ENOMEM;
-    weft_chan *ch = chan_alloc(bytes);
+    weft_chan *ch = weft__alloc(bytes);
     if (!ch)
         return ENOMEM;
     ch->lock = (weft__lock)WEFT__LOCK_INIT;
@@ -511,7 +489,7 @@ int weft_chan_free_checked(weft_chan *ch)
         return EBUSY;
     size_t bytes = 0;
     WEFT_ASSERT(chan_bytes(ch->elem_size, ch->cap, &bytes)); /* checked at make */
-    chan_dealloc(ch, bytes);
+    weft__free(ch, bytes);
     return 0;
 }
 
