@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fenv.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -731,6 +732,29 @@ static void test_ctx_forked_child_keeps_its_descriptors(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* --- a thread that exits with contexts it never freed -------------------- */
+
+static void *make_and_leave(void *arg)
+{
+    weft_ctx **out = arg;
+    if (weft_ctx_make(out, 0, echo) != 0)
+        *out = NULL;
+    return NULL; /* exits: its own context goes, its child stays */
+}
+
+/* The thread's own context is the parent of the ones it made: freeing such
+ * a child after the thread exited must not touch a freed parent (ASan). */
+static void test_ctx_child_outlives_its_thread(void **state)
+{
+    (void)state;
+    pthread_t t;
+    weft_ctx *orphan = NULL;
+    assert_int_equal(pthread_create(&t, NULL, make_and_leave, &orphan), 0);
+    pthread_join(t, NULL);
+    assert_non_null(orphan);
+    weft_ctx_free(orphan);
+}
+
 int main(void)
 {
     weft__overflow_init();
@@ -753,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_ctx_bad_input_gives_einval_or_null),
         cmocka_unit_test(test_ctx_sent_sigsegv_still_ends_the_process),
         cmocka_unit_test(test_ctx_forked_child_keeps_its_descriptors),
+        cmocka_unit_test(test_ctx_child_outlives_its_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

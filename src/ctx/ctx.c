@@ -247,6 +247,8 @@ static WEFT_TLS struct weft_ctx *ctx_thread;
 static pthread_key_t ctx_key;
 static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
 
+static void ctx_unref(struct weft_ctx *c);
+
 static void ctx_thread_exit(void *p)
 {
     struct weft_ctx *c = p;
@@ -254,7 +256,10 @@ static void ctx_thread_exit(void *p)
      * the thread fiber before the copy in c goes. */
     if (weft__tls_fiber == &c->fiber)
         weft__tls_fiber = &thread_fiber;
-    weft__free(c, sizeof *c);
+    ctx_thread = NULL;
+    /* The thread's own reference: contexts it made and never freed keep
+     * the struct (their parent) until they are freed. */
+    ctx_unref(c);
 }
 
 static void ctx_setup(void)
@@ -297,7 +302,7 @@ weft_ctx *weft_ctx_current(void)
  * reference it held on its parent. The stack was released by weft_ctx_free. */
 static void ctx_unref(struct weft_ctx *c)
 {
-    while (c && !c->is_thread && --c->refs == 0) {
+    while (c && --c->refs == 0) {
         struct weft_ctx *parent = c->parent;
         weft__free(c, sizeof *c);
         c = parent;
