@@ -755,6 +755,61 @@ static void test_ctx_child_outlives_its_thread(void **state)
     weft_ctx_free(orphan);
 }
 
+/* --- an overflow inside the switch itself ---------------------------------- */
+
+/* x86-64 without sanitizers, whose hooks make the switch use the stack
+ * differently: the room values below are where the save overflows. */
+#if defined(__x86_64__) && !defined(WEFT_CTX_UCONTEXT) && !defined(__SANITIZE_ADDRESS__) &&        \
+    !defined(__SANITIZE_THREAD__)
+#define SWITCH_OVERFLOW_TEST 1
+static weft_ctx *squeezed;
+static size_t room; /* bytes left above the guard when the switch is called */
+
+/* Calls weft_ctx_switch(main_ctx, NULL) with the stack pointer `room`
+ * bytes above the end of this context's stack, so that the switch's own
+ * save of the registers runs into the guard. */
+static void *switch_with_no_room(void *v)
+{
+    weft__fiber *f = (weft__fiber *)(void *)squeezed; /* a context's first member */
+    char *sp = (char *)f->lo + room;
+    __asm__ volatile("movq %%rsp, %%r12\n\t"
+                     "movq %[sp], %%rsp\n\t"
+                     "movq %[to], %%rdi\n\t"
+                     "xorl %%esi, %%esi\n\t"
+                     "call weft_ctx_switch\n\t"
+                     "movq %%r12, %%rsp"
+                     :
+                     : [sp] "r"(sp), [to] "r"(main_ctx)
+                     : "r12", "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory",
+                       "cc");
+    return v;
+}
+
+static void child_overflows_in_the_switch(void)
+{
+    main_ctx = weft_ctx_current();
+    if (weft_ctx_make(&squeezed, 0, switch_with_no_room) == 0)
+        weft_ctx_switch(squeezed, NULL);
+}
+
+/* The call's return address and the assembly's 64-byte save need 72
+ * bytes: with 16 to 48 left (the call needs a 16-aligned stack), the save
+ * runs into the guard, after the switch has made the other context the
+ * running one. The report must still name the stack that overflowed. */
+static void test_ctx_overflow_inside_the_switch_is_reported(void **state)
+{
+    (void)state;
+    for (room = 16; room <= 48; room += 16) {
+        char err[4096];
+        int status = run_child(child_overflows_in_the_switch, err, sizeof err);
+        assert_true(WIFSIGNALED(status));
+        assert_int_equal(WTERMSIG(status), SIGSEGV);
+        assert_non_null(
+            strstr(err, "weft: stack overflow in context (unnamed) (stack 262144 bytes)\n"));
+    }
+}
+#endif
+
 int main(void)
 {
     weft__overflow_init();
@@ -778,6 +833,9 @@ int main(void)
         cmocka_unit_test(test_ctx_sent_sigsegv_still_ends_the_process),
         cmocka_unit_test(test_ctx_forked_child_keeps_its_descriptors),
         cmocka_unit_test(test_ctx_child_outlives_its_thread),
+#if defined(SWITCH_OVERFLOW_TEST)
+        cmocka_unit_test(test_ctx_overflow_inside_the_switch_is_reported),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -234,6 +234,10 @@ struct weft_ctx {
     void *(*fn)(void *);
 };
 
+/* The switch's save_sp argument is the fiber itself (stack.c reads it back
+ * in the fault handler). */
+_Static_assert(offsetof(weft__fiber, sp) == 0, "sp is a fiber's first field");
+
 /* The running context is the one whose fiber is the thread's running
  * fiber (weft__tls_fiber): no second thread-local to keep in step, so a
  * switch stores one. Inside a generator the running fiber is the
