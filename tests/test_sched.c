@@ -589,6 +589,70 @@ static void test_sched_plain_spawns_racing_stop_all_run(void **state)
     assert_int_equal(atomic_load(&spawned_ran), atomic_load(&spawns_ok));
 }
 
+/* --- a worker thread that cannot be created --------------------------------- */
+
+/* Linked with -Wl,--wrap=pthread_create (tests/CMakeLists.txt): every
+ * pthread_create of this binary, weft's included, comes here. When armed,
+ * the call that brings the count to 0 waits a little (so other threads
+ * can look at the half-started runtime) and fails with EAGAIN. */
+int __real_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+static _Atomic int creates_until_failure; /* 0: never fail */
+
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+    int left = atomic_load(&creates_until_failure);
+    if (left > 0 && atomic_fetch_sub(&creates_until_failure, 1) == 1) {
+        weft_sleep(50 * MS);
+        return EAGAIN;
+    }
+    return __real_pthread_create(t, a, fn, arg);
+}
+
+static _Atomic int prober_stop;
+static _Atomic long stats_while_failing, spawns_while_failing;
+
+static void *probe_half_started_runtime(void *arg)
+{
+    (void)arg;
+    weft_stats st;
+    while (!atomic_load(&prober_stop)) {
+        if (weft_stats_get(&st) == 0)
+            atomic_fetch_add(&stats_while_failing, 1);
+        if (weft_spawn(NULL, NULL, ret_arg, NULL) == 0)
+            atomic_fetch_add(&spawns_while_failing, 1);
+    }
+    return NULL;
+}
+
+/* weft_start whose second worker cannot be created returns the error and
+ * undoes everything, and nobody sees a running runtime meanwhile: no
+ * statistics read from workers being freed, no spawn queued on them. */
+static void test_sched_start_that_cannot_create_a_worker_undoes_itself(void **state)
+{
+    (void)state;
+    pthread_t prober;
+    atomic_store(&prober_stop, 0);
+    atomic_store(&stats_while_failing, 0);
+    atomic_store(&spawns_while_failing, 0);
+    assert_int_equal(pthread_create(&prober, NULL, probe_half_started_runtime, NULL), 0);
+    atomic_store(&creates_until_failure, 2); /* the second worker */
+    assert_int_equal(weft_start(&two_workers), EAGAIN);
+    atomic_store(&creates_until_failure, 0);
+    atomic_store(&prober_stop, 1);
+    pthread_join(prober, NULL);
+    assert_int_equal(atomic_load(&stats_while_failing), 0);
+    assert_int_equal(atomic_load(&spawns_while_failing), 0);
+    assert_int_equal(weft_workers(), 0);
+    /* And the runtime starts normally afterwards. */
+    weft_co *co;
+    void *r = NULL;
+    assert_int_equal(weft_start(&two_workers), 0);
+    assert_int_equal(weft_spawn(&co, NULL, ret_arg, &r), 0);
+    assert_int_equal(weft_join(co, &r), 0);
+    assert_int_equal(weft_stop(), 0);
+}
+
 static void test_sched_bad_input_gets_error_codes(void **state)
 {
     (void)state;
@@ -708,6 +772,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
         cmocka_unit_test(test_sched_stats_may_be_read_while_the_runtime_stops),
+        cmocka_unit_test(test_sched_start_that_cannot_create_a_worker_undoes_itself),
         cmocka_unit_test(test_sched_plain_spawns_racing_stop_all_run),
         cmocka_unit_test(test_sched_longest_sleep_does_not_return_at_once),
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)

@@ -752,12 +752,14 @@ int weft_start(const weft_config *cfg)
             goto fail;
         weft__topology_victims(i, n, w->victims, w->victim_level);
     }
-    atomic_store(&weft__rt.state, 1);
+    /* The state stays "starting" until every worker thread exists: until
+     * then nobody can spawn, stop, or read the statistics, so a failed
+     * pthread_create can take everything down again unseen. */
     for (unsigned i = 0; i < n; i++) {
         int rc =
             pthread_create(&weft__rt.workers[i]->thread, NULL, worker_main, weft__rt.workers[i]);
         if (rc != 0) {
-            /* Stop the workers already started; nothing was spawned yet. */
+            /* Stop the workers already started; nothing was spawned. */
             atomic_store(&shutdown_flag, 1);
             for (unsigned j = 0; j < i; j++)
                 wake_worker(weft__rt.workers[j]);
@@ -767,6 +769,7 @@ int weft_start(const weft_config *cfg)
             goto fail;
         }
     }
+    atomic_store(&weft__rt.state, 1);
     return 0;
 fail:
     free_workers(n);
