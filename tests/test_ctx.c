@@ -757,10 +757,10 @@ static void test_ctx_child_outlives_its_thread(void **state)
 
 /* --- an overflow inside the switch itself ---------------------------------- */
 
-/* x86-64 without sanitizers, whose hooks make the switch use the stack
- * differently: the room values below are where the save overflows. */
-#if defined(__x86_64__) && !defined(WEFT_CTX_UCONTEXT) && !defined(__SANITIZE_ADDRESS__) &&        \
-    !defined(__SANITIZE_THREAD__)
+/* x86-64: the stack pointer is placed with inline assembly. Not under
+ * TSan: its deadlock detector cannot follow the arena locks jemalloc takes
+ * around each fork, and this test forks five times. */
+#if defined(__x86_64__) && !defined(WEFT_CTX_UCONTEXT) && !defined(__SANITIZE_THREAD__)
 #define SWITCH_OVERFLOW_TEST 1
 static weft_ctx *squeezed;
 static size_t room; /* bytes left above the guard when the switch is called */
@@ -793,13 +793,15 @@ static void child_overflows_in_the_switch(void)
 }
 
 /* The call's return address and the assembly's 64-byte save need 72
- * bytes: with 16 to 48 left (the call needs a 16-aligned stack), the save
- * runs into the guard, after the switch has made the other context the
- * running one. The report must still name the stack that overflowed. */
+ * bytes, and in an unoptimised or sanitizer build the public call uses
+ * stack of its own. With 16 to 80 bytes left (the call needs a 16-aligned
+ * stack) the switch runs into the guard somewhere between its caller and
+ * its register save, and the report must name the stack that overflowed,
+ * not the context the switch was going to. */
 static void test_ctx_overflow_inside_the_switch_is_reported(void **state)
 {
     (void)state;
-    for (room = 16; room <= 48; room += 16) {
+    for (room = 16; room <= 80; room += 16) {
         char err[4096];
         int status = run_child(child_overflows_in_the_switch, err, sizeof err);
         assert_true(WIFSIGNALED(status));

@@ -47,9 +47,6 @@ typedef struct weft__fiber {
 /* The assembly (asm/switch_*.S). */
 void *weft__ctx_jump(void **save_sp, void *to_sp, void *value);
 void weft__ctx_trampoline(void);
-/* The first instruction after weft__ctx_jump has saved the old stack's
- * state (an address, not a function): see stack.c's fault handler. */
-extern char weft__ctx_jump_saved[];
 
 typedef void (*weft__fiber_entry)(void *value, void *arg);
 

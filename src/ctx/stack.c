@@ -47,7 +47,6 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #if defined(__has_include)
@@ -563,42 +562,15 @@ static bool hits_guard(const weft__fiber *f, const void *addr)
     return a >= (const char *)f->stack->map && a < (const char *)f->stack->lo;
 }
 
-/* The fiber a switch was leaving when it faulted while saving its state
- * on the old stack, or NULL. The switch has already made the new fiber
- * the thread's current one by then, so the current fiber's guard is the
- * wrong one to check; the switch's first argument, save_sp, is the old
- * fiber's first field. Read from the interrupted registers. */
-static weft__fiber *fiber_being_left(const void *uctx)
-{
-#if !defined(WEFT_CTX_UCONTEXT) && (defined(__x86_64__) || defined(__aarch64__))
-    const ucontext_t *uc = uctx;
-#if defined(__x86_64__)
-    uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
-    uintptr_t first = (uintptr_t)uc->uc_mcontext.gregs[REG_RDI];
-#else
-    uintptr_t pc = (uintptr_t)uc->uc_mcontext.pc;
-    uintptr_t first = (uintptr_t)uc->uc_mcontext.regs[0];
-#endif
-    if (pc >= (uintptr_t)weft__ctx_jump && pc < (uintptr_t)weft__ctx_jump_saved)
-        return (weft__fiber *)first;
-#else
-    (void)uctx;
-#endif
-    return NULL;
-}
-
 static void on_fault(int sig, siginfo_t *info, void *uctx)
 {
     /* si_code <= 0: sent by kill, raise or sigqueue, not a fault. */
     bool fault = info->si_code > 0;
     weft__fiber *f = NULL;
-    if (fault) {
+    /* The switch probes the old stack before it changes the running
+     * fiber (ctx.c), so a guard hit is always in the running fiber's. */
+    if (fault && hits_guard(weft__tls_fiber, info->si_addr))
         f = weft__tls_fiber;
-        if (!hits_guard(f, info->si_addr))
-            f = fiber_being_left(uctx);
-        if (!hits_guard(f, info->si_addr))
-            f = NULL;
-    }
     if (f) {
         report(kind_name(f->kind), f->name, f->stack->size, "");
         /* Die by this signal: the default action on return re-faults, so

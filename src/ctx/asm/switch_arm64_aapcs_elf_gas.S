@@ -111,12 +111,6 @@ weft__ctx_jump:
 
     mov     x10, sp                 /* sp cannot be stored directly */
     str     x10, [x0]               /* *save_sp = our stack pointer */
-/* Until here the switch writes only to the stack it leaves, and x0 still
- * points to that fiber (save_sp is its first field): the overflow handler
- * uses both to name a fault in this save (stack.c). */
-    .globl  weft__ctx_jump_saved
-    .hidden weft__ctx_jump_saved
-weft__ctx_jump_saved:
     mov     sp, x1                  /* switch: the frame at to_sp has the
                                        same layout, so the CFI still holds */
 

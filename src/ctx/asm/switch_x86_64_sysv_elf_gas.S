@@ -89,12 +89,6 @@ weft__ctx_jump:
     movzwl  4(%rsp), %r8d           /* ours, to compare with the resumed one */
 
     movq    %rsp, (%rdi)            /* *save_sp = our stack pointer */
-/* Until here the switch writes only to the stack it leaves, and rdi still
- * points to that fiber (save_sp is its first field): the overflow handler
- * uses both to name a fault in this save (stack.c). */
-    .globl  weft__ctx_jump_saved
-    .hidden weft__ctx_jump_saved
-weft__ctx_jump_saved:
     movq    %rsi, %rsp              /* switch: the frame at to_sp has the
                                        same layout, so the CFI still holds */
 
