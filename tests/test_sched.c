@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sched/sched.h" /* the idle counts */
 #include "weft.h"
 
 #define MS 1000000LL
@@ -653,6 +654,19 @@ static void test_sched_start_that_cannot_create_a_worker_undoes_itself(void **st
     assert_int_equal(weft_stop(), 0);
 }
 
+/* weft_stop wakes sleeping workers without counting them as spinners:
+ * they must leave the idle stack and the counts as they found them
+ * (a worker used to count itself a spinner, and the count wrapped). */
+static void test_sched_stop_leaves_the_idle_counts_at_zero(void **state)
+{
+    (void)state;
+    assert_int_equal(weft_start(&two_workers), 0);
+    weft_sleep(30 * MS); /* both workers go to sleep */
+    assert_int_equal(weft_stop(), 0);
+    assert_int_equal(atomic_load(&weft__rt.spinning), 0);
+    assert_int_equal(atomic_load(&weft__rt.sleeping), 0);
+}
+
 static void test_sched_bad_input_gets_error_codes(void **state)
 {
     (void)state;
@@ -772,6 +786,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_idle_runtime_sleeps_in_the_kernel),
         cmocka_unit_test(test_sched_bad_input_gets_error_codes),
         cmocka_unit_test(test_sched_stats_may_be_read_while_the_runtime_stops),
+        cmocka_unit_test(test_sched_stop_leaves_the_idle_counts_at_zero),
         cmocka_unit_test(test_sched_start_that_cannot_create_a_worker_undoes_itself),
         cmocka_unit_test(test_sched_plain_spawns_racing_stop_all_run),
         cmocka_unit_test(test_sched_longest_sleep_does_not_return_at_once),

@@ -233,6 +233,16 @@ static void sleep_worker(weft__worker *w)
                 trim_at = INT64_MAX; /* nothing left to trim: sleep on */
         }
     }
+    if (atomic_load(&shutdown_flag)) {
+        /* weft_stop's wake leaves us on the idle stack, uncounted; a
+         * waker that took us off it counted us as spinning. */
+        if (!idle_remove(w)) {
+            while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0)
+                weft_cpu_relax();
+            w->spinning = true;
+        }
+        return;
+    }
     if (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 1)
         woken = true;
     else if (!idle_remove(w)) {
