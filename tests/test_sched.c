@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "compiler.h"    /* WEFT_ASAN, WEFT_TSAN: gcc and clang alike */
 #include "sched/sched.h" /* the idle counts */
 #include "weft.h"
 
@@ -26,9 +27,9 @@ extern char **environ;
 
 /* Sanitizer builds run the same tests at a smaller volume (a TSan fiber
  * switch costs microseconds). */
-#if defined(__SANITIZE_THREAD__)
+#if defined(WEFT_TSAN)
 #define VOLUME 500
-#elif defined(__SANITIZE_ADDRESS__)
+#elif defined(WEFT_ASAN)
 #define VOLUME 20
 #else
 #define VOLUME 1
@@ -524,7 +525,7 @@ static void test_sched_longest_sleep_does_not_return_at_once(void **state)
     assert_int_equal(atomic_load(&long_sleep_returned), 0);
 }
 
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
 /* weft_start with too little memory for its worker array returns ENOMEM
  * (it used to crash freeing the array it never got). In a child with a
  * small address-space limit; not under the sanitizers, which need far
@@ -611,7 +612,7 @@ int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(voi
 }
 
 static _Atomic int prober_stop;
-static _Atomic long stats_while_failing, spawns_while_failing;
+static _Atomic long stats_while_failing, spawns_while_failing, workers_while_failing;
 
 static void *probe_half_started_runtime(void *arg)
 {
@@ -622,13 +623,16 @@ static void *probe_half_started_runtime(void *arg)
             atomic_fetch_add(&stats_while_failing, 1);
         if (weft_spawn(NULL, NULL, ret_arg, NULL) == 0)
             atomic_fetch_add(&spawns_while_failing, 1);
+        if (weft_workers() != 0)
+            atomic_fetch_add(&workers_while_failing, 1);
     }
     return NULL;
 }
 
 /* weft_start whose second worker cannot be created returns the error and
  * undoes everything, and nobody sees a running runtime meanwhile: no
- * statistics read from workers being freed, no spawn queued on them. */
+ * statistics read from workers being freed, no spawn queued on them, no
+ * worker count. */
 static void test_sched_start_that_cannot_create_a_worker_undoes_itself(void **state)
 {
     (void)state;
@@ -636,6 +640,7 @@ static void test_sched_start_that_cannot_create_a_worker_undoes_itself(void **st
     atomic_store(&prober_stop, 0);
     atomic_store(&stats_while_failing, 0);
     atomic_store(&spawns_while_failing, 0);
+    atomic_store(&workers_while_failing, 0);
     assert_int_equal(pthread_create(&prober, NULL, probe_half_started_runtime, NULL), 0);
     atomic_store(&creates_until_failure, 2); /* the second worker */
     assert_int_equal(weft_start(&two_workers), EAGAIN);
@@ -644,6 +649,7 @@ static void test_sched_start_that_cannot_create_a_worker_undoes_itself(void **st
     pthread_join(prober, NULL);
     assert_int_equal(atomic_load(&stats_while_failing), 0);
     assert_int_equal(atomic_load(&spawns_while_failing), 0);
+    assert_int_equal(atomic_load(&workers_while_failing), 0);
     assert_int_equal(weft_workers(), 0);
     /* And the runtime starts normally afterwards. */
     weft_co *co;
@@ -790,7 +796,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_start_that_cannot_create_a_worker_undoes_itself),
         cmocka_unit_test(test_sched_plain_spawns_racing_stop_all_run),
         cmocka_unit_test(test_sched_longest_sleep_does_not_return_at_once),
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
         cmocka_unit_test(test_sched_start_without_memory_is_enomem),
 #endif
         cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),

@@ -212,7 +212,6 @@ static void sleep_worker(weft__worker *w)
     /* Seq_cst fence: our "sleeping" before the re-check of the queues;
      * pairs with the fence in weft__notify. */
     weft_fence_seq_cst();
-    bool woken = false;
     if (!work_visible() && !atomic_load(&shutdown_flag)) {
         int64_t next = atomic_load_explicit(&w->timer_next, memory_order_relaxed);
         /* Surplus pooled stacks go back to the system only after the
@@ -233,27 +232,16 @@ static void sleep_worker(weft__worker *w)
                 trim_at = INT64_MAX; /* nothing left to trim: sleep on */
         }
     }
-    if (atomic_load(&shutdown_flag)) {
-        /* weft_stop's wake leaves us on the idle stack, uncounted; a
-         * waker that took us off it counted us as spinning. */
-        if (!idle_remove(w)) {
-            while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0)
-                weft_cpu_relax();
-            w->spinning = true;
-        }
-        return;
-    }
-    if (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 1)
-        woken = true;
-    else if (!idle_remove(w)) {
-        /* A waker took us off the idle stack meanwhile: it counts us as
-         * spinning and its wake is on the way. */
+    /* Whoever took us off the idle stack counted us as spinning
+     * (weft__notify), and its wake is on the way; if we are still on it,
+     * nobody did: a timer is due, or weft_stop woke us (it leaves sleepers
+     * on the stack, uncounted). The wake word alone cannot tell these
+     * apart, since weft_stop sets it too. */
+    if (!idle_remove(w)) {
         while (atomic_load_explicit(&w->wake_word, memory_order_acquire) == 0)
             weft_cpu_relax();
-        woken = true;
+        w->spinning = true;
     }
-    if (woken)
-        w->spinning = true; /* the waker counted us in `spinning` */
 }
 
 /* --- picking work ------------------------------------------------------------ */
@@ -678,7 +666,10 @@ int weft_worker(void)
 
 unsigned weft_workers(void)
 {
-    return atomic_load(&weft__rt.state) ? weft__rt.nworkers : 0;
+    /* Not while starting (3): the count is not final, and the start may
+     * still fail. */
+    int state = atomic_load(&weft__rt.state);
+    return state == 1 || state == 2 ? weft__rt.nworkers : 0;
 }
 
 /* --- the runtime's life ---------------------------------------------------------- */
