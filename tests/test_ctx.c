@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "compiler.h" /* WEFT_ASAN, WEFT_TSAN: gcc and clang alike */
 #include "overflow_child.h"
 
 #include <errno.h>
@@ -670,7 +671,7 @@ static void test_ctx_sent_sigsegv_still_ends_the_process(void **state)
     (void)state;
     char err[4096];
     int status = run_child(child_raises_sigsegv, err, sizeof err);
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(WEFT_ASAN) || defined(WEFT_TSAN)
     /* The sanitizer's handler came before weft's: weft hands the signal
      * to it, and it reports and exits non-zero. */
     assert_false(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -760,7 +761,7 @@ static void test_ctx_child_outlives_its_thread(void **state)
 /* x86-64: the stack pointer is placed with inline assembly. Not under
  * TSan: its deadlock detector cannot follow the arena locks jemalloc takes
  * around each fork, and this test forks five times. */
-#if defined(__x86_64__) && !defined(WEFT_CTX_UCONTEXT) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__) && !defined(WEFT_CTX_UCONTEXT) && !defined(WEFT_TSAN)
 #define SWITCH_OVERFLOW_TEST 1
 static weft_ctx *squeezed;
 static size_t room; /* bytes left above the guard when the switch is called */
