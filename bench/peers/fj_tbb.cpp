@@ -69,58 +69,26 @@ static void run_fib(const peer_opts *o, unsigned workers, tbb::task_arena &arena
 {
     volatile int64_t n_in = o->size ? o->size : 30;
     int64_t n = n_in, serial = 0, parallel = 0;
-    double serial_ns[3];
-    for (int r = 0; r < 3; r++) {
-        int64_t t0 = peer_now_ns();
-        serial = fib_serial(n);
-        serial_ns[r] = (double)(peer_now_ns() - t0);
-    }
-    double t_serial = peer_median(serial_ns, 3);
+    double t_serial = peer_fib_serial(n, &serial);
 
     int64_t t0 = peer_now_ns();
     arena.execute([&] { parallel = fib_par(n); });
     double t_par = (double)(peer_now_ns() - t0);
 
-    if (parallel != serial || (n == 30 && parallel != 832040))
-        peer_fail("fib", impl, "fib(%lld) = %lld, want %lld", (long long)n,
-                  (long long)parallel, (long long)serial);
-    int64_t spawns = fib_spawns(n);
-    char note[128];
-    snprintf(note, sizeof note, "fib(%lld)=%lld spawns=%lld serial_ms=%.3f",
-             (long long)n, (long long)parallel, (long long)spawns, t_serial / 1e6);
-    peer_line("fib", impl, workers, "ms", t_par / 1e6, "ms", note);
-    peer_line("fib", impl, workers, "overhead_per_spawn",
-              spawns ? (workers * t_par - t_serial) / (double)spawns : 0, "ns",
-              "(workers*T_parallel - T_serial) / spawns");
+    peer_fib_report(impl, workers, n, parallel, serial, t_par, t_serial);
 }
 
 static void run_uts(const peer_opts *o, unsigned workers, tbb::task_arena &arena)
 {
     int64_t root_children = o->size ? o->size : UTS_ROOT_CHILDREN;
     uint64_t serial = 0, parallel = 0;
-    double serial_ns[3];
-    for (int r = 0; r < 3; r++) {
-        int64_t t0 = peer_now_ns();
-        serial = uts_serial(root_children);
-        serial_ns[r] = (double)(peer_now_ns() - t0);
-    }
-    double t_serial = peer_median(serial_ns, 3);
+    double t_serial = peer_uts_serial(root_children, &serial);
 
     int64_t t0 = peer_now_ns();
     arena.execute([&] { parallel = uts_root(root_children); });
     double t_par = (double)(peer_now_ns() - t0);
 
-    if (parallel != serial ||
-        (root_children == UTS_ROOT_CHILDREN && parallel != UTS_NODES))
-        peer_fail("uts", impl, "counted %llu nodes, serial DFS counts %llu",
-                  (unsigned long long)parallel, (unsigned long long)serial);
-    char note[128];
-    snprintf(note, sizeof note, "nodes=%llu serial_ms=%.3f",
-             (unsigned long long)parallel, t_serial / 1e6);
-    peer_line("uts", impl, workers, "ms", t_par / 1e6, "ms", note);
-    peer_line("uts", impl, workers, "nodes_per_s", (double)parallel / (t_par / 1e9),
-              "nodes/s", NULL);
-    peer_line("uts", impl, workers, "speedup_vs_serial", t_serial / t_par, "x", NULL);
+    peer_uts_report(impl, workers, root_children, parallel, serial, t_par, t_serial);
 }
 
 int main(int argc, char **argv)
@@ -132,10 +100,10 @@ int main(int argc, char **argv)
     tbb::task_arena arena((int)workers);
     arena.initialize();
     arena.execute([workers] { /* start-up: bring the worker threads up */
-        tbb::task_group g;
-        for (unsigned i = 0; i < workers; i++)
-            g.run([] {});
-        g.wait();
+                              tbb::task_group g;
+                              for (unsigned i = 0; i < workers; i++)
+                                  g.run([] {});
+                              g.wait();
     });
     if (strcmp(o.id, "fib") == 0)
         run_fib(&o, workers, arena);

@@ -146,4 +146,61 @@ static inline double peer_median(double *v, size_t n)
  * implementation. */
 #include "../workload.h"
 
+/* The fork-join peers' shared halves of fib and uts: the serial reference
+ * (the median of 3 timed runs, in ns; its answer in *answer) and the check
+ * and result lines of a parallel run that took t_par ns. */
+static inline double peer_fib_serial(int64_t n, int64_t *answer)
+{
+    double ns[3];
+    for (int r = 0; r < 3; r++) {
+        int64_t t0 = peer_now_ns();
+        *answer = fib_serial(n);
+        ns[r] = (double)(peer_now_ns() - t0);
+    }
+    return peer_median(ns, 3);
+}
+
+static inline void peer_fib_report(const char *impl, unsigned workers, int64_t n, int64_t parallel,
+                                   int64_t serial, double t_par, double t_serial)
+{
+    if (parallel != serial || (n == 30 && parallel != 832040))
+        peer_fail("fib", impl, "fib(%lld) = %lld, want %lld", (long long)n, (long long)parallel,
+                  (long long)serial);
+    int64_t spawns = fib_spawns(n);
+    char note[128];
+    snprintf(note, sizeof note, "fib(%lld)=%lld spawns=%lld serial_ms=%.3f", (long long)n,
+             (long long)parallel, (long long)spawns, t_serial / 1e6);
+    peer_line("fib", impl, workers, "ms", t_par / 1e6, "ms", note);
+    peer_line("fib", impl, workers, "overhead_per_spawn",
+              spawns ? (workers * t_par - t_serial) / (double)spawns : 0, "ns",
+              "(workers*T_parallel - T_serial) / spawns");
+}
+
+static inline double peer_uts_serial(int64_t root_children, uint64_t *answer)
+{
+    double ns[3];
+    for (int r = 0; r < 3; r++) {
+        int64_t t0 = peer_now_ns();
+        *answer = uts_serial(root_children);
+        ns[r] = (double)(peer_now_ns() - t0);
+    }
+    return peer_median(ns, 3);
+}
+
+static inline void peer_uts_report(const char *impl, unsigned workers, int64_t root_children,
+                                   uint64_t parallel, uint64_t serial, double t_par,
+                                   double t_serial)
+{
+    if (parallel != serial || (root_children == UTS_ROOT_CHILDREN && parallel != UTS_NODES))
+        peer_fail("uts", impl, "counted %llu nodes, serial DFS counts %llu",
+                  (unsigned long long)parallel, (unsigned long long)serial);
+    char note[128];
+    snprintf(note, sizeof note, "nodes=%llu serial_ms=%.3f", (unsigned long long)parallel,
+             t_serial / 1e6);
+    peer_line("uts", impl, workers, "ms", t_par / 1e6, "ms", note);
+    peer_line("uts", impl, workers, "nodes_per_s", (double)parallel / (t_par / 1e9), "nodes/s",
+              NULL);
+    peer_line("uts", impl, workers, "speedup_vs_serial", t_serial / t_par, "x", NULL);
+}
+
 #endif
