@@ -402,17 +402,19 @@ int weft_chan_make(weft_chan **out, size_t elem_size, size_t capacity)
     return 0;
 }
 
-/* The order of the steps in send and receive is the safety guarantee of
- * weft_chan_free (weft.h): everything that touches the channel happens
- * before the lock release that lets the other side go on, and what
- * follows the release touches only the woken waiter's stack. */
-int weft_chan_send(weft_chan *ch, const void *elem, int64_t deadline)
+/* Send and receive, one body: `send` is a constant at both call sites, so
+ * each inlines to its own straight path. The order of the steps is the
+ * safety guarantee of weft_chan_free (weft.h): everything that touches the
+ * channel happens before the lock release that lets the other side go on,
+ * and what follows the release touches only the woken waiter's stack. */
+static inline __attribute__((always_inline)) int chan_op(weft_chan *ch, void *elem,
+                                                         int64_t deadline, bool send)
 {
     if (WEFT_UNLIKELY(!ch || !elem))
         return EINVAL;
     chan_node *woken = NULL;
     weft__lock_acquire(&ch->lock);
-    int rc = try_send(ch, elem, &woken);
+    int rc = send ? try_send(ch, elem, &woken) : try_recv(ch, elem, &woken);
     if (WEFT_LIKELY(rc != EAGAIN)) {
         weft__lock_release(&ch->lock);
         if (woken)
@@ -423,27 +425,17 @@ int weft_chan_send(weft_chan *ch, const void *elem, int64_t deadline)
         weft__lock_release(&ch->lock);
         return ETIMEDOUT;
     }
-    return chan_wait(ch, &ch->sendq, (void *)elem, deadline);
+    return chan_wait(ch, send ? &ch->sendq : &ch->recvq, elem, deadline);
+}
+
+int weft_chan_send(weft_chan *ch, const void *elem, int64_t deadline)
+{
+    return chan_op(ch, (void *)elem, deadline, true); /* only read: try_send takes it const */
 }
 
 int weft_chan_recv(weft_chan *ch, void *elem, int64_t deadline)
 {
-    if (WEFT_UNLIKELY(!ch || !elem))
-        return EINVAL;
-    chan_node *woken = NULL;
-    weft__lock_acquire(&ch->lock);
-    int rc = try_recv(ch, elem, &woken);
-    if (WEFT_LIKELY(rc != EAGAIN)) {
-        weft__lock_release(&ch->lock);
-        if (woken)
-            wake_node(woken, true);
-        return rc;
-    }
-    if (!deadline_pending(deadline)) {
-        weft__lock_release(&ch->lock);
-        return ETIMEDOUT;
-    }
-    return chan_wait(ch, &ch->recvq, elem, deadline);
+    return chan_op(ch, elem, deadline, false);
 }
 
 int weft_chan_close(weft_chan *ch)
