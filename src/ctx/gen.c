@@ -97,7 +97,7 @@ int weft_gen_next(weft_gen *g, void **value)
     g->caller = weft__fiber_current();
     /* The thread advancing it may not be the one that made it: an
      * overflow report needs this thread's alternate signal stack. */
-    weft__overflow_init();
+    weft__overflow_ready();
     g->running = 1;
     weft__fiber_switch(g->caller, &g->fiber, NULL);
     g->running = 0;

@@ -608,7 +608,7 @@ static void install_handlers(void)
 
 static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
 static pthread_key_t altstack_key;
-static WEFT_TLS void *altstack_mine;
+WEFT_TLS void *weft__altstack_mine;
 static size_t altstack_bytes;
 
 static void free_altstack(void *p)
@@ -631,11 +631,11 @@ static void handler_setup(void)
 void weft__overflow_init(void)
 {
     pthread_once(&handler_once, handler_setup);
-    if (altstack_mine)
+    if (weft__altstack_mine)
         return;
     stack_t old;
     if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE)) {
-        altstack_mine = old.ss_sp; /* the thread has one (ASan's, or the program's) */
+        weft__altstack_mine = old.ss_sp; /* the thread has one (ASan's, or the program's) */
         return;
     }
     size_t bytes = altstack_bytes;
@@ -647,6 +647,6 @@ void weft__overflow_init(void)
         munmap(p, bytes);
         return;
     }
-    altstack_mine = p;
+    weft__altstack_mine = p;
     pthread_setspecific(altstack_key, p);
 }

@@ -62,6 +62,18 @@ void weft__stack_check(const weft__stack *s, const char *kind, const char *name)
  * signal stack for the calling thread (once per thread, unless it has one). */
 void weft__overflow_init(void);
 
+/* This thread's alternate signal stack (NULL until weft__overflow_init
+ * has given it one): set means the handlers are installed too. */
+extern WEFT_TLS void *weft__altstack_mine;
+
+/* weft__overflow_init for paths run often (weft_gen_next): one
+ * thread-local test once the thread is ready. */
+static inline void weft__overflow_ready(void)
+{
+    if (WEFT_UNLIKELY(!weft__altstack_mine))
+        weft__overflow_init();
+}
+
 /* The guard mode new stacks get; tests force one with weft__stack_force_mode. */
 unsigned weft__stack_mode(void);
 void weft__stack_force_mode(unsigned mode);
