@@ -617,14 +617,6 @@ int weft_select(weft_case *cases, size_t n, int64_t deadline, size_t *done)
     }
     unlock_all(order, nchan, NULL);
     rc = weft__waiter_wait(&w, &sel.gate);
-    if (rc == ETIMEDOUT) {
-        /* The timer claimed the wait, maybe on another worker before the
-         * one that parked us released the gate: wait for that release,
-         * which writes into this frame. (A waker passes through the gate
-         * before it wakes us, so a woken select needs no such wait.) */
-        weft__lock_acquire(&sel.gate);
-        weft__lock_release(&sel.gate);
-    }
     /* Unlink the nodes that are still linked: after a timeout, all of
      * them; otherwise those on the channels other than the completed
      * case's, whose claimer (the other side, or a close) unlinked every

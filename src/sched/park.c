@@ -133,5 +133,15 @@ int weft__waiter_wait(weft__waiter *w, weft__lock *lock)
      * frame (and w) goes away. A timer that fired has removed itself. */
     if (w->timer_owner && w->result != ETIMEDOUT)
         weft__timer_cancel(w);
+    /* The timer can claim the wait on another worker before the parking
+     * worker's after_switch has released `lock` (it arms the timer first),
+     * and that release may write into a lock in the caller's frame (a
+     * select's gate): pass through the lock, so the release is over before
+     * the caller goes on. A waker needs the lock to find us, so a woken
+     * wait needs no such pass. */
+    if (w->result == ETIMEDOUT && lock) {
+        weft__lock_acquire(lock);
+        weft__lock_release(lock);
+    }
     return w->result;
 }
