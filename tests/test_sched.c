@@ -1,5 +1,6 @@
 /* The scheduler: runtime life, spawn/join/detach/yield, ordering on one
  * worker, stealing, plain threads, sleeping, statistics, bad input. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_SET */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -7,7 +8,9 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <hwloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -754,12 +757,102 @@ static int first_start_child(const char *mode)
     return now == NULL && (!alone || !hwloc_plugin_loaded()) ? 0 : 1;
 }
 
+/* --- the topology ------------------------------------------------------------------ */
+
+/* Linked with -Wl,--wrap=hwloc_topology_load (tests/CMakeLists.txt):
+ * weft's discovery waits here while a test holds it. */
+int __real_hwloc_topology_load(hwloc_topology_t topology);
+static _Atomic int discovery_held;
+
+int __wrap_hwloc_topology_load(hwloc_topology_t topology)
+{
+    while (atomic_load(&discovery_held))
+        usleep(1000);
+    return __real_hwloc_topology_load(topology);
+}
+
+static int wait_topology_ready(void)
+{
+    for (int i = 0; i < 5000 && !weft__topology_ready(); i++)
+        usleep(1000);
+    return weft__topology_ready();
+}
+
+/* The first start of a process does not wait for hwloc's discovery
+ * (milliseconds of sysfs reads): it counts the cores from the affinity
+ * mask and sysfs, and the workers place themselves once the discovery is
+ * done. With the discovery held, the runtime starts, runs a coroutine and
+ * stops; released, hwloc's core count is the one the runtime used. (A
+ * start that waited for the discovery would hang: the alarm ends it.) */
+static int held_discovery_child(void)
+{
+    alarm(20);
+    atomic_store(&discovery_held, 1);
+    weft_co *co;
+    void *r = NULL;
+    if (weft_start(NULL) != 0)
+        return 2;
+    if (weft__topology_ready())
+        return 3;
+    unsigned workers = weft_workers();
+    if (weft_spawn(&co, NULL, ret_arg, &r) != 0 || weft_join(co, &r) != 0 || r != &r ||
+        weft_stop() != 0)
+        return 4;
+    atomic_store(&discovery_held, 0);
+    if (!wait_topology_ready())
+        return 5;
+    return workers == weft__topology_cores() ? 0 : 6;
+}
+
+static void *affinity_after_placement(void *arg)
+{
+    cpu_set_t *set = arg;
+    /* A worker places itself every 61 scheduling rounds at the latest. */
+    for (int i = 0; i < 200; i++)
+        weft_yield();
+    CPU_ZERO(set);
+    sched_getaffinity(0, sizeof *set, set);
+    return NULL;
+}
+
+/* A process bound to one CPU (taskset) gets one worker, and that worker
+ * is bound inside the process's mask. hwloc ignored the restriction to
+ * the process's binding without HWLOC_TOPOLOGY_FLAG_IS_THISSYSTEM: two
+ * workers, the first bound to CPU 0, outside the mask. */
+static int affinity_child(void)
+{
+    alarm(20);
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) < 2)
+        return 77;
+    int last = -1;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set))
+            last = c;
+    CPU_ZERO(&set);
+    CPU_SET(last, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0)
+        return 77;
+    weft_co *co;
+    void *r;
+    cpu_set_t seen;
+    if (weft_start(NULL) != 0 || !wait_topology_ready())
+        return 2;
+    unsigned workers = weft_workers();
+    if (weft_spawn(&co, NULL, affinity_after_placement, &seen) != 0 || weft_join(co, &r) != 0 ||
+        weft_stop() != 0)
+        return 3;
+    if (workers != 1)
+        return 4;
+    return CPU_COUNT(&seen) == 1 && CPU_ISSET(last, &seen) ? 0 : 5;
+}
+
 /* posix_spawn, not fork: fork runs jemalloc's atfork handlers, which take
  * every arena lock at once, more than ThreadSanitizer's deadlock detector
  * can track. */
 static int run_fresh(const char *mode)
 {
-    char *args[] = { "test_sched", "--first-start", (char *)mode, NULL };
+    char *args[] = { "test_sched", "--child", (char *)mode, NULL };
     pid_t pid;
     fflush(stdout);
     fflush(stderr);
@@ -776,10 +869,30 @@ static void test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env(void 
     assert_int_equal(run_fresh("user-set"), 0);
 }
 
+static void test_sched_first_start_does_not_wait_for_the_topology(void **state)
+{
+    (void)state;
+    assert_int_equal(run_fresh("held-discovery"), 0);
+}
+
+static void test_sched_workers_stay_inside_the_process_affinity(void **state)
+{
+    (void)state;
+    int rc = run_fresh("affinity");
+    if (rc == 77)
+        skip(); /* one CPU: nothing to restrict */
+    assert_int_equal(rc, 0);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "--first-start") == 0)
+    if (argc == 3 && strcmp(argv[1], "--child") == 0) {
+        if (strcmp(argv[2], "held-discovery") == 0)
+            return held_discovery_child();
+        if (strcmp(argv[2], "affinity") == 0)
+            return affinity_child();
         return first_start_child(argv[2]);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sched_sleepers_overlap_and_wake_in_deadline_order),
         cmocka_unit_test(test_sched_yield_interleaves_strictly_on_one_worker),
@@ -804,6 +917,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_start_without_memory_is_enomem),
 #endif
         cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),
+        cmocka_unit_test(test_sched_first_start_does_not_wait_for_the_topology),
+        cmocka_unit_test(test_sched_workers_stay_inside_the_process_affinity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,6 +116,7 @@ typedef struct weft__worker {
     /* Sleeping: 0 asleep or about to; 1 woken. Futex word. */
     _Atomic uint32_t wake_word;
     bool spinning;
+    bool placed; /* victims sorted and thread bound by the topology */
     /* Timers (timer.c): a 4-ary min-heap of entries by deadline and the
      * cells they name, guarded by timer_lock (the owner inserts and fires;
      * others remove, and a thief fires a busy owner's due timers). */
@@ -280,12 +281,20 @@ int64_t weft__timer_run(weft__worker *wk, int64_t now);
 void weft__timer_destroy(weft__worker *wk);
 
 /* --- topology (topology.c) --------------------------------------------- */
-/* The default worker count: cores this process may run on. */
+/* For weft_start: starts hwloc's discovery (on its own thread where the
+ * core count can be had without it) and returns the default worker
+ * count, the cores this process may run on. */
+unsigned weft__topology_begin(void);
+/* True once the discovery is done (or failed: then nothing is bound). */
+bool weft__topology_ready(void);
+/* The default worker count (before ready, the quick count). */
 unsigned weft__topology_cores(void);
 /* Fills victims[0..n-2] with the other workers, nearest first, and
- * level[] with their distance class (equal classes may be shuffled). */
-void weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level);
-/* Binds the calling thread to the core of worker `index`. */
+ * level[] with their distance class (equal classes may be shuffled).
+ * Before the topology is ready: every other worker, one class; returns
+ * false then. */
+bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level);
+/* Binds the calling thread to the core of worker `index` (once ready). */
 void weft__topology_pin(unsigned index);
 
 static inline void weft__count(_Atomic uint64_t *c)

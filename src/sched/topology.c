@@ -5,8 +5,10 @@
  * coroutines on sibling hyperthreads share one core's execution units)
  * among the cores this process may run on: hwloc drops the PUs a cgroup
  * cpuset disallows, and HWLOC_TOPOLOGY_FLAG_RESTRICT_TO_CPUBINDING drops
- * those outside the affinity mask (taskset). Worker i is bound to the
- * first allowed PU of core i mod cores.
+ * those outside the process's affinity mask (taskset; hwloc ignores the
+ * flag without HWLOC_TOPOLOGY_FLAG_IS_THISSYSTEM, and once did here, so
+ * workers were bound to CPUs taskset had excluded). Worker i is bound to
+ * the first allowed PU of core i mod cores.
  *
  * Stealing goes nearest first: for worker i, the other workers sorted by
  * the depth of the deepest object their cores share (same L2, then L3 or
@@ -17,8 +19,23 @@
  * The topology is loaded once per process (hwloc's discovery reads sysfs
  * and takes milliseconds, too much for every weft_start) and kept.
  *
- * That first load is the bulk of a program's first weft_start, so it asks
- * hwloc for no more than the CPU side:
+ * Nor does the first weft_start wait for it. hwloc reads some forty sysfs
+ * files per CPU: 1.5-2 ms on two CPUs, and more with more. A runtime can
+ * start without the topology if it knows how many cores it may use, and
+ * that is cheap: the caller's affinity mask, less the SMT siblings named
+ * by each allowed CPU's thread_siblings_list (none to look for when
+ * /sys/devices/system/cpu/smt/active says 0). So weft__topology_begin
+ * counts the cores so, hands hwloc's discovery to a detached thread
+ * (discover_later), and the workers start with a flat victim order and
+ * no binding. Each worker looks for the finished topology when it runs
+ * out of local work and every 61 scheduling rounds (worker.c, place),
+ * then sorts its victims and binds itself. When the quick count fails
+ * (no sysfs; more CPUs than CPU_SETSIZE) or no thread can be made, the
+ * caller loads the topology itself, as before. A fork while the
+ * discovery runs leaves the child without that thread: the child's first
+ * weft_start begins again.
+ *
+ * The load asks hwloc for no more than the CPU side:
  *  - No plugins. hwloc dlopens every plugin it finds when its first
  *    topology is made (Debian's libhwloc-plugins: PCI, OpenCL, GL and
  *    libxml2 export, which pull in libpciaccess, libOpenCL, libX11 and
@@ -40,15 +57,26 @@
  *    tree. */
 #include <hwloc.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "sched.h"
 
+/* Written once, before phase becomes READY (release); read after an
+ * acquire load sees READY. */
 static hwloc_topology_t topo;
 static unsigned ncores;
 static hwloc_obj_t *cores;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+enum { NONE, LOADING, READY };
+static _Atomic int phase = NONE;
+static unsigned quick_count;                             /* while LOADING */
+static pthread_mutex_t phase_lock = PTHREAD_MUTEX_INITIALIZER; /* begin vs begin */
 
 /* Every plugin Debian's hwloc 2.9 ships and later ones may add: the
  * names are the plugins' file names without ".so". */
@@ -83,50 +111,188 @@ static int topology_init(hwloc_topology_t *out)
     return rc;
 }
 
-static void load(void)
+/* hwloc's discovery into `t`, made by topology_init; publishes the
+ * result (an empty one on failure: no binding, a flat victim order). */
+static void discover(hwloc_topology_t t)
 {
-    if (topology_init(&topo) != 0)
-        goto fail;
-    unsigned long flags = HWLOC_TOPOLOGY_FLAG_RESTRICT_TO_CPUBINDING;
+    /* The process's binding (taskset) limits the cores; hwloc honours
+     * the flag only with IS_THISSYSTEM. */
+    unsigned long flags =
+        HWLOC_TOPOLOGY_FLAG_IS_THISSYSTEM | HWLOC_TOPOLOGY_FLAG_RESTRICT_TO_CPUBINDING;
 #if HWLOC_API_VERSION >= 0x00020800
     flags |= HWLOC_TOPOLOGY_FLAG_NO_DISTANCES | HWLOC_TOPOLOGY_FLAG_NO_MEMATTRS |
              HWLOC_TOPOLOGY_FLAG_NO_CPUKINDS;
 #endif
-    hwloc_topology_set_flags(topo, flags);
-    (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "x86");
+    hwloc_topology_set_flags(t, flags);
+    (void)hwloc_topology_set_components(t, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "x86");
     /* Only the CPU side matters: skip PCI and other I/O discovery. */
-    hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_NONE);
-    if (hwloc_topology_load(topo) != 0) {
-        hwloc_topology_destroy(topo);
+    hwloc_topology_set_io_types_filter(t, HWLOC_TYPE_FILTER_KEEP_NONE);
+    if (hwloc_topology_load(t) != 0)
         goto fail;
-    }
     int type = HWLOC_OBJ_CORE;
-    int n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+    int n = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE);
     if (n <= 0) {
         type = HWLOC_OBJ_PU;
-        n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
+        n = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_PU);
     }
-    if (n <= 0) {
-        hwloc_topology_destroy(topo);
+    if (n <= 0)
         goto fail;
-    }
     cores = calloc((size_t)n, sizeof *cores);
-    if (!cores) {
-        hwloc_topology_destroy(topo);
+    if (!cores)
         goto fail;
-    }
     for (int i = 0; i < n; i++)
-        cores[i] = hwloc_get_obj_by_type(topo, (hwloc_obj_type_t)type, (unsigned)i);
+        cores[i] = hwloc_get_obj_by_type(t, (hwloc_obj_type_t)type, (unsigned)i);
+    topo = t;
     ncores = (unsigned)n;
+    atomic_store_explicit(&phase, READY, memory_order_release);
     return;
 fail:
-    topo = NULL;
-    ncores = 0;
+    hwloc_topology_destroy(t);
+    atomic_store_explicit(&phase, READY, memory_order_release);
+}
+
+/* The discovery thread. It yields to the program's threads and the
+ * workers (nice 19): its result only refines placement. */
+static void *discovery_main(void *t)
+{
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+    discover(t);
+    return NULL;
+}
+
+/* A CPU list as sysfs writes it ("0-3,8,10-11"): the lowest CPU of it
+ * that is in `allowed`, or -1. */
+static int lowest_allowed(const char *list, const cpu_set_t *allowed)
+{
+    const char *p = list;
+    while (*p >= '0' && *p <= '9') {
+        char *end;
+        long lo = strtol(p, &end, 10), hi = lo;
+        if (*end == '-')
+            hi = strtol(end + 1, &end, 10);
+        for (long c = lo; c <= hi && c < CPU_SETSIZE; c++)
+            if (CPU_ISSET((int)c, allowed))
+                return (int)c;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return -1;
+}
+
+static int read_line(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    int ok = fgets(buf, (int)len, f) != NULL;
+    fclose(f);
+    return ok;
+}
+
+/* The cores among `allowed` (this thread's affinity), without hwloc:
+ * each counted at the lowest allowed CPU among its SMT siblings. 0 when
+ * sysfs cannot say. */
+static unsigned count_cores(const cpu_set_t *allowed)
+{
+    char line[512];
+    if (read_line("/sys/devices/system/cpu/smt/active", line, sizeof line) && line[0] == '0')
+        return (unsigned)CPU_COUNT(allowed);
+    unsigned n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (!CPU_ISSET(c, allowed))
+            continue;
+        char path[96];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
+                 c);
+        if (!read_line(path, line, sizeof line))
+            return 0;
+        int first = lowest_allowed(line, allowed);
+        if (first < 0)
+            return 0;
+        n += first == c;
+    }
+    return n;
+}
+
+/* Starts discover(t) on a detached thread; false if it cannot be made.
+ * On a two-CPU machine the first start's threads (the caller, the new
+ * workers, the first coroutine) and a discovery taking 1.5-2 ms of CPU
+ * meet on the same CPUs: the discovery thread runs at nice 19 and, when
+ * the caller may run elsewhere, away from the caller's CPU (measured
+ * here: the first start+spawn+join+stop took a median 2.5 ms with the
+ * discovery inline, 2.1 ms on a plain thread, 1.0 ms so). */
+static bool discover_later(hwloc_topology_t t, const cpu_set_t *allowed)
+{
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return false;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    cpu_set_t away = *allowed;
+    int here = sched_getcpu();
+    if (here >= 0 && here < CPU_SETSIZE && CPU_COUNT(&away) > 1 && CPU_ISSET(here, &away)) {
+        CPU_CLR(here, &away);
+        pthread_attr_setaffinity_np(&attr, sizeof away, &away);
+    }
+    /* Signals stay with the program's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    bool made = pthread_create(&thread, &attr, discovery_main, t) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return made;
+}
+
+static void forget_discovery(void)
+{
+    /* The child has no discovery thread: start over (its half-made
+     * topology is left as it is). */
+    pthread_mutex_init(&phase_lock, NULL);
+    if (atomic_load_explicit(&phase, memory_order_relaxed) == LOADING)
+        atomic_store_explicit(&phase, NONE, memory_order_relaxed);
+}
+
+static void register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, forget_discovery);
+}
+
+unsigned weft__topology_begin(void)
+{
+    static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&fork_once, register_fork_handler);
+    pthread_mutex_lock(&phase_lock);
+    if (atomic_load_explicit(&phase, memory_order_acquire) == NONE) {
+        hwloc_topology_t t;
+        cpu_set_t allowed;
+        unsigned quick = sched_getaffinity(0, sizeof allowed, &allowed) == 0
+                             ? count_cores(&allowed)
+                             : 0;
+        if (topology_init(&t) != 0) {
+            atomic_store_explicit(&phase, READY, memory_order_release);
+        } else if (quick == 0) {
+            discover(t);
+        } else {
+            quick_count = quick;
+            atomic_store_explicit(&phase, LOADING, memory_order_relaxed);
+            if (!discover_later(t, &allowed))
+                discover(t);
+        }
+    }
+    unsigned n = weft__topology_cores();
+    pthread_mutex_unlock(&phase_lock);
+    return n;
+}
+
+bool weft__topology_ready(void)
+{
+    return atomic_load_explicit(&phase, memory_order_acquire) == READY;
 }
 
 unsigned weft__topology_cores(void)
 {
-    pthread_once(&once, load);
+    if (!weft__topology_ready())
+        return quick_count ? quick_count : 1;
     return ncores ? ncores : 1;
 }
 
@@ -141,17 +307,23 @@ static unsigned shared_depth(unsigned a, unsigned b)
     return common ? (unsigned)common->depth : 0;
 }
 
-void weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level)
+bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level)
 {
-    pthread_once(&once, load);
     unsigned k = 0;
     for (unsigned i = 0; i < n; i++) {
         if (i == self)
             continue;
         victims[k] = i;
-        level[k] = shared_depth(self, i);
+        level[k] = 0;
         k++;
     }
+    /* No read of the topology before this: a compiler may hoist loads of
+     * it out of a loop and above a condition, and the discovery thread
+     * may still be writing it. */
+    if (!weft__topology_ready())
+        return false;
+    for (unsigned i = 0; i < k; i++)
+        level[i] = shared_depth(self, victims[i]);
     /* Insertion sort, deepest shared ancestor first (n is small). */
     for (unsigned i = 1; i < k; i++) {
         unsigned v = victims[i], l = level[i], j = i;
@@ -163,12 +335,12 @@ void weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsign
         victims[j] = v;
         level[j] = l;
     }
+    return true;
 }
 
 void weft__topology_pin(unsigned index)
 {
-    pthread_once(&once, load);
-    if (!ncores)
+    if (!weft__topology_ready() || !ncores)
         return;
     hwloc_obj_t core = cores[index % ncores];
     hwloc_bitmap_t set = hwloc_bitmap_dup(core->cpuset);

@@ -338,10 +338,28 @@ static inline weft_co *take(weft__deque *d)
     return weft__rt.nworkers == 1 ? weft__deque_take_solo(d) : weft__deque_take(d);
 }
 
+/* Sorts w's victims by the topology and binds w's thread to its core,
+ * once hwloc's discovery is done (topology.c: it may still run when the
+ * workers start). Only w reads its victim arrays. */
+static void place(weft__worker *w)
+{
+    w->placed = weft__topology_victims(w->index, weft__rt.nworkers, w->victims, w->victim_level);
+    if (w->placed && (pin_mode == WEFT_PIN_ON || (pin_mode == WEFT_PIN_AUTO &&
+                                                  weft__rt.nworkers <= weft__topology_cores())))
+        weft__topology_pin(w->index);
+}
+
+static inline void place_when_ready(weft__worker *w)
+{
+    if (WEFT_UNLIKELY(!w->placed) && weft__topology_ready())
+        place(w);
+}
+
 static weft_co *local_next(weft__worker *w)
 {
     w->tick++;
     if (WEFT_UNLIKELY(w->tick % 61 == 0)) {
+        place_when_ready(w);
         weft_co *co = inject_take(w);
         if (co)
             return co;
@@ -396,6 +414,7 @@ static weft_co *find_work(weft__worker *w)
             stop_spinning(w, true);
             return co;
         }
+        place_when_ready(w);
         if (weft__rt.nworkers > 1) {
             if (!w->spinning) {
                 unsigned spinning = atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed);
@@ -555,9 +574,7 @@ static void *worker_main(void *arg)
     weft__tls_on_worker = 1;
     /* Timer slack (50 us by default) would add to every timer's lateness. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    if (pin_mode == WEFT_PIN_ON ||
-        (pin_mode == WEFT_PIN_AUTO && weft__rt.nworkers <= weft__topology_cores()))
-        weft__topology_pin(w->index);
+    place(w);
     weft__overflow_init();
     w->fiber = *weft__fiber_thread();
     weft_co *co;
@@ -714,9 +731,10 @@ int weft_start(const weft_config *cfg)
     int stopped = 0;
     if (!atomic_compare_exchange_strong(&weft__rt.state, &stopped, 3 /* starting */))
         return EALREADY;
+    unsigned cores = weft__topology_begin();
     unsigned n = env_workers();
     if (!n)
-        n = cfg->workers ? cfg->workers : weft__topology_cores();
+        n = cfg->workers ? cfg->workers : cores;
     pin_mode = cfg->pin;
     weft__stack_set_default(cfg->stack_size);
     weft__overflow_init();
@@ -751,7 +769,6 @@ int weft_start(const weft_config *cfg)
         if (!w->victims || !w->victim_level || weft__deque_init(&w->deque) != 0 ||
             weft__deque_init(&w->wakeq) != 0)
             goto fail;
-        weft__topology_victims(i, n, w->victims, w->victim_level);
     }
     /* The state stays "starting" until every worker thread exists: until
      * then nobody can spawn, stop, or read the statistics, so a failed
