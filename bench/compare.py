@@ -219,8 +219,13 @@ class Harness:
         for bench in ("fib", "uts"):
             size = self.size_for(bench)
             dead = set()
-            for p in counts:
-                for r in range(self.rounds):
+            # Every worker count in every round, not all rounds of one
+            # count and then the next: this shared machine's speed drifts
+            # (a serial fib once took twice as long for minutes on end),
+            # and a drift between the p=1 and p=2 blocks once read as a
+            # fib speedup of 1.14 (1.78 in the next run, interleaved).
+            for r in range(self.rounds):
+                for p in counts:
                     log(f"scale {bench} workers={p}: round {r + 1}/{self.rounds}")
                     for impl, path in rotated(impls, r):
                         if impl in dead:
