@@ -83,6 +83,9 @@ static _Atomic unsigned mode;    /* enum weft__guard_mode for new stacks */
 static long mprotect_budget;
 /* Relaxed: a budget counter; being a few stacks off is harmless. */
 static _Atomic long mprotect_live;
+/* Transparent huge pages are on for every mapping ("always"): only then
+ * does a stack mapping need MADV_NOHUGEPAGE. Read once, at setup. */
+static bool thp_always;
 
 static weft__lifo pool = WEFT__LIFO_INIT;  /* default-size stacks */
 static _Atomic long pool_count;            /* relaxed: a trim hint */
@@ -144,6 +147,18 @@ static void setup(void)
         fclose(f);
     }
     mprotect_budget = max_maps > 16384 ? (max_maps - 8192) / 2 : max_maps / 4;
+
+    /* The madvise that keeps huge pages off the stacks takes the mapping
+     * lock for writing, against every page fault of the other workers:
+     * skipped unless THP is "always" (or its mode cannot be read). */
+    thp_always = true;
+    f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        char line[128];
+        if (fgets(line, sizeof line, f))
+            thp_always = strstr(line, "[always]") != NULL;
+        fclose(f);
+    }
 
     /* Probe MADV_GUARD_INSTALL on a scratch mapping. */
     unsigned m = WEFT__GUARD_MPROTECT;
@@ -320,7 +335,8 @@ static weft__stack *map_stacks(size_t bytes, unsigned count)
         return NULL;
     /* A stack region must never be backed by a huge page: one touched byte
      * would commit 2 MiB. */
-    (void)madvise(base, one * count, MADV_NOHUGEPAGE);
+    if (thp_always)
+        (void)madvise(base, one * count, MADV_NOHUGEPAGE);
     unsigned want = weft__stack_mode();
     bool guarded = want == WEFT__GUARD_INSTALL && count > 1 && guard_batch(base, one, count);
     weft__stack *list = NULL;
