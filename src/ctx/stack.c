@@ -57,6 +57,7 @@
 #endif
 
 #include "../alloc.h"
+#include "../sysfile.h"
 #include "ctx.h"
 #include "stack.h"
 
@@ -140,11 +141,12 @@ static void setup(void)
     atomic_store(&weft__stack_default_bytes, round_pages(from_env ? from_env : DEFAULT_BYTES));
 
     long max_maps = 65530;
-    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
-    if (f) {
-        if (fscanf(f, "%ld", &max_maps) != 1)
-            max_maps = 65530;
-        fclose(f);
+    char line[128];
+    if (weft__read_line("/proc/sys/vm/max_map_count", line, sizeof line)) {
+        char *end;
+        long v = strtol(line, &end, 10);
+        if (end != line)
+            max_maps = v;
     }
     mprotect_budget = max_maps > 16384 ? (max_maps - 8192) / 2 : max_maps / 4;
 
@@ -152,13 +154,8 @@ static void setup(void)
      * lock for writing, against every page fault of the other workers:
      * skipped unless THP is "always" (or its mode cannot be read). */
     thp_always = true;
-    f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-    if (f) {
-        char line[128];
-        if (fgets(line, sizeof line, f))
-            thp_always = strstr(line, "[always]") != NULL;
-        fclose(f);
-    }
+    if (weft__read_line("/sys/kernel/mm/transparent_hugepage/enabled", line, sizeof line))
+        thp_always = strstr(line, "[always]") != NULL;
 
     /* Probe MADV_GUARD_INSTALL on a scratch mapping. */
     unsigned m = WEFT__GUARD_MPROTECT;

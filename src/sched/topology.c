@@ -65,6 +65,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "../sysfile.h"
 #include "sched.h"
 
 /* Written once, before phase becomes READY (release); read after an
@@ -178,23 +179,13 @@ static int lowest_allowed(const char *list, const cpu_set_t *allowed)
     return -1;
 }
 
-static int read_line(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return 0;
-    int ok = fgets(buf, (int)len, f) != NULL;
-    fclose(f);
-    return ok;
-}
-
 /* The cores among `allowed` (this thread's affinity), without hwloc:
  * each counted at the lowest allowed CPU among its SMT siblings. 0 when
  * sysfs cannot say. */
 static unsigned count_cores(const cpu_set_t *allowed)
 {
     char line[512];
-    if (read_line("/sys/devices/system/cpu/smt/active", line, sizeof line) && line[0] == '0')
+    if (weft__read_line("/sys/devices/system/cpu/smt/active", line, sizeof line) && line[0] == '0')
         return (unsigned)CPU_COUNT(allowed);
     unsigned n = 0;
     for (int c = 0; c < CPU_SETSIZE; c++) {
@@ -203,7 +194,7 @@ static unsigned count_cores(const cpu_set_t *allowed)
         char path[96];
         snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
                  c);
-        if (!read_line(path, line, sizeof line))
+        if (!weft__read_line(path, line, sizeof line))
             return 0;
         int first = lowest_allowed(line, allowed);
         if (first < 0)
