@@ -16,6 +16,9 @@
  *   park      parked coroutines           (100,000)
  *   startup   runs; the first is reported  (1)
  * Memory is read from /proc/self/status (VmRSS, and VmHWM for the peak).
+ * With WEFT_BENCH_STATS set, each runtime's weft_stats totals go to
+ * stderr as one "# stats" line just before it stops (steals, parks and
+ * handoffs show how a workload spread over the workers).
  * Exit status: 0 with result lines printed, 1 when a checksum or a call
  * fails, 2 on bad arguments. */
 #include <errno.h>
@@ -132,6 +135,15 @@ int64_t bench_start(const char *id, unsigned workers, unsigned *actual)
 
 void bench_stop(const char *id)
 {
+    weft_stats st;
+    if (getenv("WEFT_BENCH_STATS") && weft_stats_get(&st) == 0)
+        fprintf(stderr,
+                "# stats %s: spawned=%llu finished=%llu switches=%llu steals=%llu "
+                "steal_attempts=%llu parks=%llu wakeups=%llu handoffs=%llu\n",
+                id, (unsigned long long)st.spawned, (unsigned long long)st.finished,
+                (unsigned long long)st.switches, (unsigned long long)st.steals,
+                (unsigned long long)st.steal_attempts, (unsigned long long)st.parks,
+                (unsigned long long)st.wakeups, (unsigned long long)st.handoffs);
     BENCH_CHECK(id, weft_stop());
 }
 
