@@ -22,6 +22,8 @@ What it does, per workload id (default: all of BENCH.md's, in its order):
   oneTBB and Go; speedup T1/Tp and efficiency T1/(p*Tp) per implementation,
   printed as bench=scale lines and written to <build>/bench/scale.csv, the
   machine to scale-machine.txt, and a gnuplot picture to scale.png.
+  `--replot DIR` redraws DIR/scale.png from the scale.csv and
+  scale-machine.txt in DIR, for a run made where gnuplot is missing.
 - http: each available server (nginx, Go's net/http; weft is n/a until weft
   has an I/O layer) on a free 127.0.0.1 port, loaded by
   `wrk -t1 -c64 -d10s --latency` (1 s in smoke mode); requests_per_s and
@@ -521,13 +523,38 @@ def stop(proc):
             proc.wait()
 
 
+def replot(folder):
+    """Redraws folder/scale.png from the scale.csv and scale-machine.txt there."""
+    rows = []
+    try:
+        with open(os.path.join(folder, "scale.csv")) as f:
+            next(f)
+            for line in f:
+                b, i, p, tp, s, e = line.strip().split(",")
+                rows.append((b, i, int(p), float(tp), float(s), float(e)))
+        with open(os.path.join(folder, "scale-machine.txt")) as f:
+            machine = f.read()
+    except (OSError, ValueError, StopIteration) as e:
+        log(f"--replot {folder}: {e}")
+        return 2
+    h = Harness.__new__(Harness)  # only plot's state: no runs, no build
+    h.out, h.notes = folder, []
+    h.plot(rows, sorted({r[2] for r in rows}), machine)
+    for n in h.notes:
+        log(n)
+    return 1 if h.notes else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ids", nargs="*", metavar="id", help="workloads (default: all): " + " ".join(IDS))
     ap.add_argument("--build", default="build", help="build directory (default: build)")
     ap.add_argument("--size", type=int, help="passed to every workload run")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round")
+    ap.add_argument("--replot", metavar="DIR", help="only redraw DIR/scale.png from DIR/scale.csv")
     args = ap.parse_args()
+    if args.replot:
+        return replot(args.replot)
     if args.size is not None and args.size <= 0:
         ap.error("--size must be positive")
     ids = args.ids or IDS
