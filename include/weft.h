@@ -103,6 +103,11 @@ WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr, void *(*fn)(void *)
 /* Waits for co to finish, stores its return value in *result (if result is
  * not NULL) and frees the handle. A coroutine that has not started yet may
  * run at once on the caller's worker. Any thread (a plain thread blocks).
+ * Fork-join code that spawns several children does best to join them
+ * newest first: the newest unstarted child is taken back from the queue
+ * and run inline, while an older one is claimed where it lies and leaves
+ * an entry behind for the queue to discard later (two more atomic
+ * operations per join).
  * Returns 0; EINVAL for NULL or for a handle already joined or detached (as
  * far as that can be detected: like a pthread_t, the handle is dead after
  * a successful join); EDEADLK when co is the caller; EPERM if the runtime

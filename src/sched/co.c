@@ -334,7 +334,7 @@ int weft_join(weft_co *co, void **result)
             w = weft__worker_self();
             inlined = true;
         } else {
-            /* Not the newest (joins in spawn order, as uts does) or in
+            /* Not the newest (joins in spawn order) or in
              * another worker's queue: claim it if it has not started. */
             unsigned expected = 0;
             if (atomic_compare_exchange_strong_explicit(&co->qstate, &expected, WEFT__Q_CLAIMED,
