@@ -27,8 +27,8 @@
  *
  * Idling without lost wake-ups or a thundering herd (the scheme of Go's
  * proc.go, "Worker thread parking/unparking"): a worker out of work
- * becomes "spinning" (at most half the workers at once) and tries to
- * steal for a while; then it publishes itself as sleeping, issues a
+ * makes one uncounted steal round, then becomes "spinning" (at most half
+ * the workers at once) and tries to steal for a while; then it publishes itself as sleeping, issues a
  * seq_cst fence, and re-checks every queue before it sleeps. Whoever
  * queues work that others could take issues the mirror fence and wakes
  * one sleeper, only when nobody is spinning (the spinner would find the
@@ -435,6 +435,14 @@ static weft_co *find_work(weft__worker *w)
         place_when_ready(w);
         if (weft__rt.nworkers > 1) {
             if (!w->spinning) {
+                /* One round before counting as spinning: a worker that
+                 * runs out of work and steals at once (a thief draining a
+                 * spawner one coroutine at a time) would otherwise write
+                 * the shared spinning count twice per coroutine, and every
+                 * spawner's weft__notify reads that line. Not counted, it
+                 * cannot make notify skip a wake-up it owes a sleeper. */
+                if ((co = steal_round(w)) != NULL || (co = inject_take(w)) != NULL)
+                    return co;
                 unsigned spinning = atomic_load_explicit(&weft__rt.spinning, memory_order_relaxed);
                 if (2 * spinning < weft__rt.nworkers) {
                     w->spinning = true;
