@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdbool.h>
@@ -646,11 +647,39 @@ static pthread_key_t altstack_key;
 WEFT_TLS void *weft__altstack_mine;
 static size_t altstack_bytes;
 
+/* Alternate stacks of exited threads, kept for the next ones: a stop and
+ * start of the runtime would otherwise unmap and map one per worker, and
+ * every unmap is a TLB shootdown across the running workers. Slots are
+ * filled and emptied by atomic exchange, so no lock is held across a
+ * fork. At most ALTSTACK_SPARES (64 KiB each, untouched but for signal
+ * handling) stay mapped. */
+#define ALTSTACK_SPARES 64
+static _Atomic(void *) altstack_spare[ALTSTACK_SPARES];
+
 static void free_altstack(void *p)
 {
     stack_t ss = { .ss_flags = SS_DISABLE };
     sigaltstack(&ss, NULL);
+    for (int i = 0; i < ALTSTACK_SPARES; i++) {
+        void *empty = NULL;
+        /* Relaxed: the memory is only ever handed to sigaltstack. */
+        if (atomic_compare_exchange_strong_explicit(&altstack_spare[i], &empty, p,
+                                                    memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
     munmap(p, altstack_bytes);
+}
+
+static void *spare_altstack(void)
+{
+    for (int i = 0; i < ALTSTACK_SPARES; i++) {
+        if (atomic_load_explicit(&altstack_spare[i], memory_order_relaxed)) {
+            void *p = atomic_exchange_explicit(&altstack_spare[i], NULL, memory_order_relaxed);
+            if (p)
+                return p;
+        }
+    }
+    return NULL;
 }
 
 static void handler_setup(void)
@@ -674,7 +703,9 @@ void weft__overflow_init(void)
         return;
     }
     size_t bytes = altstack_bytes;
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = spare_altstack();
+    if (!p)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return;
     stack_t ss = { .ss_sp = p, .ss_size = bytes, .ss_flags = 0 };
