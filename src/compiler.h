@@ -4,6 +4,7 @@
 #ifndef WEFT_COMPILER_H
 #define WEFT_COMPILER_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -45,5 +46,25 @@
 /* Thread-locals read by the SIGSEGV handler and the switch use the
  * initial-exec model: no allocation on first access, safe in a handler. */
 #define WEFT_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* Fetches the cache line at p for writing. gcc's __builtin_prefetch(p, 1)
+ * becomes a read prefetch (prefetcht0) on baseline x86-64, after which the
+ * first store still waits to take the line from its last writer; PREFETCHW
+ * asks for it exclusive at once. CPUID says whether the CPU has it
+ * (weft__prefetchw, set by weft__cpu_probe() in weft_start). */
+#if defined(__x86_64__)
+extern bool weft__prefetchw;
+void weft__cpu_probe(void);
+#define WEFT_PREFETCH_WRITE(p)                                                                     \
+    do {                                                                                           \
+        if (weft__prefetchw)                                                                       \
+            __asm__ volatile("prefetchw %0" : : "m"(*(const char *)(p)));                        \
+        else                                                                                       \
+            __builtin_prefetch((p), 1, 3);                                                         \
+    } while (0)
+#else
+static inline void weft__cpu_probe(void) {}
+#define WEFT_PREFETCH_WRITE(p) __builtin_prefetch((p), 1, 3)
+#endif
 
 #endif

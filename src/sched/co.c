@@ -32,6 +32,18 @@
 #include "../ctx/stack.h"
 #include "sched.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+bool weft__prefetchw;
+
+void weft__cpu_probe(void)
+{
+    unsigned a, b, c, d;
+    weft__prefetchw = __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & bit_PRFCHW);
+}
+#endif
+
 #define FREE_MAX 256
 #define SPAWN_BACKLOG 4096
 
@@ -68,6 +80,12 @@ static weft_co *co_alloc(weft__worker *w)
             weft_co *co = w->free_cos;
             w->free_cos = co->next;
             w->free_count--;
+            /* The next descriptor was most likely freed on another
+             * worker (batches travel from the workers that run coroutines
+             * to those that spawn them): fetch its line for writing now,
+             * so the next spawn does not wait for it. */
+            if (w->free_cos)
+                WEFT_PREFETCH_WRITE(w->free_cos);
             return co;
         }
     }

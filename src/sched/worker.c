@@ -763,6 +763,7 @@ int weft_start(const weft_config *cfg)
     if (!n)
         n = cfg->workers ? cfg->workers : cores;
     pin_mode = cfg->pin;
+    weft__cpu_probe();
     weft__stack_set_default(cfg->stack_size);
     weft__overflow_init();
 
