@@ -58,7 +58,7 @@ void weft__cpu_probe(void);
 #define WEFT_PREFETCH_WRITE(p)                                                                     \
     do {                                                                                           \
         if (weft__prefetchw)                                                                       \
-            __asm__ volatile("prefetchw %0" : : "m"(*(const char *)(p)));                        \
+            __asm__ volatile("prefetchw %0" : : "m"(*(const char *)(p)));                          \
         else                                                                                       \
             __builtin_prefetch((p), 1, 3);                                                         \
     } while (0)

@@ -26,17 +26,18 @@
  * keeps a stream of wake-ups from starving spawned coroutines.
  *
  * Idling without lost wake-ups or a thundering herd (the scheme of Go's
- * proc.go, "Worker thread parking/unparking"): a worker out of work
- * makes one uncounted steal round, then becomes "spinning" (at most half
- * the workers at once) and tries to steal for a while; then it publishes itself as sleeping, issues a
- * seq_cst fence, and re-checks every queue before it sleeps. Whoever
- * queues work that others could take issues the mirror fence and wakes
- * one sleeper, only when nobody is spinning (the spinner would find the
- * work) and marking the woken worker spinning at once, so a burst of
- * spawns wakes workers one at a time. A spinner that finds work wakes the
- * next one if it was the last spinner, so the wave continues while work
- * remains. Either the sleeper sees the new work, or the waker sees the
- * sleeper: the two fences make it impossible for both to miss. */
+ * proc.go, "Worker thread parking/unparking"): a worker out of work makes
+ * one uncounted steal round, then becomes "spinning" (at most half the
+ * workers at once) and tries to steal for a while; then it publishes
+ * itself as sleeping, issues a seq_cst fence, and re-checks every queue
+ * before it sleeps. Whoever queues work that others could take issues the
+ * mirror fence and wakes one sleeper, only when nobody is spinning (the
+ * spinner would find the work) and marking the woken worker spinning at
+ * once, so a burst of spawns wakes workers one at a time. A spinner that
+ * finds work wakes the next one if it was the last spinner, so the wave
+ * continues while work remains. Either the sleeper sees the new work, or
+ * the waker sees the sleeper: the two fences make it impossible for both
+ * to miss. */
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -798,9 +799,6 @@ int weft_start(const weft_config *cfg)
             weft__deque_init(&w->wakeq) != 0)
             goto fail;
     }
-    /* The state stays "starting" until every worker thread exists: until
-     * then nobody can spawn, stop, or read the statistics, so a failed
-     * pthread_create can take everything down again unseen. */
     /* A worker's own stack holds only the scheduler loop (coroutines run
      * on theirs, signal handlers on an alternate stack): 256 KiB, not
      * glibc's 8 MiB, so that glibc's cache of freed thread stacks (40 MiB)
@@ -812,6 +810,9 @@ int weft_start(const weft_config *cfg)
         attrp = &attr;
         (void)pthread_attr_setstacksize(&attr, WORKER_STACK_BYTES);
     }
+    /* The state stays "starting" until every worker thread exists: until
+     * then nobody can spawn, stop, or read the statistics, so a failed
+     * pthread_create can take everything down again unseen. */
     for (unsigned i = 0; i < n; i++) {
         int rc =
             pthread_create(&weft__rt.workers[i]->thread, attrp, worker_main, weft__rt.workers[i]);
