@@ -39,8 +39,9 @@ typedef struct weft_config {
     size_t stack_size;     /* 0: 256 KiB usable; WEFT_STACK_SIZE (bytes, or
                               with a K/M suffix) overrides */
     int pin;               /* WEFT_PIN_AUTO: bind worker i to core i when
-                              there is a core for every worker; ON: always;
-                              OFF: never */
+                              the workers are one per core the process may
+                              use (as by default), else leave them to the
+                              kernel; ON: always; OFF: never */
     unsigned blocking_max; /* reserved for the blocking pool; 0: default */
 } weft_config;
 

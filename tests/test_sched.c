@@ -892,6 +892,45 @@ static void test_sched_first_start_does_not_wait_for_the_topology(void **state)
     assert_int_equal(run_fresh("held-discovery"), 0);
 }
 
+/* With fewer workers than cores, WEFT_PIN_AUTO leaves the workers to the
+ * kernel: it bound worker 0 to the first core, so every single-worker
+ * weft process of a machine ran on that core. WEFT_PIN_ON still binds. */
+static int fewer_workers_child(void)
+{
+    alarm(20);
+    cpu_set_t mask, seen;
+    if (sched_getaffinity(0, sizeof mask, &mask) != 0 || CPU_COUNT(&mask) < 2)
+        return 77;
+    weft_co *co;
+    void *r;
+    weft_config one = { .workers = 1 };
+    if (weft_start(&one) != 0 || !wait_topology_ready())
+        return 2;
+    if (weft__topology_cores() < 2) { /* SMT siblings: one core */
+        weft_stop();
+        return 77;
+    }
+    if (weft_spawn(&co, NULL, affinity_after_placement, &seen) != 0 || weft_join(co, &r) != 0 ||
+        weft_stop() != 0)
+        return 3;
+    if (!CPU_EQUAL(&seen, &mask))
+        return 4; /* bound, though cores were left over */
+    one.pin = WEFT_PIN_ON;
+    if (weft_start(&one) != 0 || weft_spawn(&co, NULL, affinity_after_placement, &seen) != 0 ||
+        weft_join(co, &r) != 0 || weft_stop() != 0)
+        return 5;
+    return CPU_COUNT(&seen) == 1 ? 0 : 6;
+}
+
+static void test_sched_auto_pinning_leaves_fewer_workers_unbound(void **state)
+{
+    (void)state;
+    int rc = run_fresh("fewer-workers");
+    if (rc == 77)
+        skip(); /* one core: every worker count is "one per core" */
+    assert_int_equal(rc, 0);
+}
+
 static void test_sched_workers_stay_inside_the_process_affinity(void **state)
 {
     (void)state;
@@ -908,6 +947,8 @@ int main(int argc, char **argv)
             return held_discovery_child();
         if (strcmp(argv[2], "affinity") == 0)
             return affinity_child();
+        if (strcmp(argv[2], "fewer-workers") == 0)
+            return fewer_workers_child();
         return first_start_child(argv[2]);
     }
     const struct CMUnitTest tests[] = {
@@ -936,6 +977,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),
         cmocka_unit_test(test_sched_first_start_does_not_wait_for_the_topology),
         cmocka_unit_test(test_sched_workers_stay_inside_the_process_affinity),
+        cmocka_unit_test(test_sched_auto_pinning_leaves_fewer_workers_unbound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -364,8 +364,12 @@ static inline weft_co *take(weft__deque *d)
 static void place(weft__worker *w)
 {
     w->placed = weft__topology_victims(w->index, weft__rt.nworkers, w->victims, w->victim_level);
+    /* AUTO binds only a runtime with one worker per core it may use. With
+     * fewer, binding worker i to core i put every weft process of the
+     * machine on its first cores (two single-worker processes shared core
+     * 0 while the others idled): the kernel places them better. */
     if (w->placed && (pin_mode == WEFT_PIN_ON || (pin_mode == WEFT_PIN_AUTO &&
-                                                  weft__rt.nworkers <= weft__topology_cores())))
+                                                  weft__rt.nworkers == weft__topology_cores())))
         weft__topology_pin(w->index);
 }
 
