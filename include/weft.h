@@ -34,8 +34,9 @@ enum { WEFT_PIN_AUTO = 0, WEFT_PIN_ON = 1, WEFT_PIN_OFF = 2 };
 
 typedef struct weft_config {
     unsigned workers;      /* 0: one per core this process may run on (its
-                              affinity mask and cgroup cpuset, via hwloc);
-                              the environment's WEFT_WORKERS overrides */
+                              affinity mask and cgroup cpuset, via hwloc),
+                              at most its cgroup CPU quota (cpu.max) rounded
+                              up; the environment's WEFT_WORKERS overrides */
     size_t stack_size;     /* 0: 256 KiB usable; WEFT_STACK_SIZE (bytes, or
                               with a K/M suffix) overrides */
     int pin;               /* WEFT_PIN_AUTO: bind worker i to core i when

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <spawn.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -931,6 +932,63 @@ static void test_sched_auto_pinning_leaves_fewer_workers_unbound(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* The default worker count follows a cgroup CPU quota, rounded up, the
+ * smallest along the cgroup path; v2's cpu.max and v1's cfs files. */
+static void put_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_sched_cgroup_quota_bounds_the_default_workers(void **state)
+{
+    (void)state;
+    assert_int_equal(weft__cpu_max_cpus("max 100000\n"), 0);
+    assert_int_equal(weft__cpu_max_cpus("-1 100000"), 0);
+    assert_int_equal(weft__cpu_max_cpus("200000 100000\n"), 2);
+    assert_int_equal(weft__cpu_max_cpus("150000 100000"), 2);
+    assert_int_equal(weft__cpu_max_cpus("50000 100000"), 1);
+    assert_int_equal(weft__cpu_max_cpus("100000 0"), 0);
+    assert_int_equal(weft__cpu_max_cpus("garbage"), 0);
+
+    char root[] = "/tmp/weft-cgroup-XXXXXX", a[64], b[64];
+    assert_non_null(mkdtemp(root));
+    snprintf(a, sizeof a, "%s/a", root);
+    snprintf(b, sizeof b, "%s/a/b", root);
+    assert_int_equal(mkdir(a, 0700), 0);
+    assert_int_equal(mkdir(b, 0700), 0);
+    /* v2: the parent's 3 CPUs bound a child with none, a child's 1 wins. */
+    put_file(root, "cpu.max", "max 100000\n");
+    put_file(a, "cpu.max", "300000 100000\n");
+    put_file(b, "cpu.max", "max 100000\n");
+    assert_int_equal(weft__cgroup_cpus_at(root, "/a/b", true), 3);
+    put_file(b, "cpu.max", "100000 100000\n");
+    assert_int_equal(weft__cgroup_cpus_at(root, "/a/b", true), 1);
+    assert_int_equal(weft__cgroup_cpus_at(root, "/", true), 0);
+    assert_int_equal(weft__cgroup_cpus_at(root, "/nowhere", true), 0);
+    /* v1: quota over period, -1 for none. */
+    put_file(a, "cpu.cfs_quota_us", "250000\n");
+    put_file(a, "cpu.cfs_period_us", "100000\n");
+    put_file(b, "cpu.cfs_quota_us", "-1\n");
+    put_file(b, "cpu.cfs_period_us", "100000\n");
+    assert_int_equal(weft__cgroup_cpus_at(root, "/a/b", false), 3);
+    const char *files[] = { "a/b/cpu.max", "a/b/cpu.cfs_quota_us", "a/b/cpu.cfs_period_us",
+                            "a/cpu.max", "a/cpu.cfs_quota_us", "a/cpu.cfs_period_us",
+                            "cpu.max" };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/%s", root, files[i]);
+        unlink(path);
+    }
+    rmdir(b);
+    rmdir(a);
+    rmdir(root);
+}
+
 static void test_sched_workers_stay_inside_the_process_affinity(void **state)
 {
     (void)state;
@@ -978,6 +1036,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_first_start_does_not_wait_for_the_topology),
         cmocka_unit_test(test_sched_workers_stay_inside_the_process_affinity),
         cmocka_unit_test(test_sched_auto_pinning_leaves_fewer_workers_unbound),
+        cmocka_unit_test(test_sched_cgroup_quota_bounds_the_default_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

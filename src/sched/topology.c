@@ -10,6 +10,14 @@
  * workers were bound to CPUs taskset had excluded). Worker i is bound to
  * the first allowed PU of core i mod cores.
  *
+ * A cgroup CPU quota (v2's cpu.max, "200000 100000" being two CPUs'
+ * worth of time; v1's cpu.cfs_quota_us over cpu.cfs_period_us) lowers
+ * the default count to the quota, rounded up, as Go 1.25 does for
+ * GOMAXPROCS: sixteen workers spinning on a container's two CPUs' worth
+ * of time get it throttled. The quota is the smallest along the
+ * process's cgroup path (weft__cgroup_cpus); the cores stay as they are
+ * for binding and stealing.
+ *
  * Stealing goes nearest first: for worker i, the other workers sorted by
  * the depth of the deepest object their cores share (same L2, then L3 or
  * die, then NUMA node, then the machine), so stolen work finds warm caches;
@@ -273,6 +281,127 @@ unsigned weft__topology_begin(void)
     unsigned n = weft__topology_cores();
     pthread_mutex_unlock(&phase_lock);
     return n;
+}
+
+unsigned weft__cpu_max_cpus(const char *line)
+{
+    char quota[32];
+    unsigned long long period;
+    if (sscanf(line, "%31s %llu", quota, &period) != 2 || period == 0 || quota[0] < '0' ||
+        quota[0] > '9') /* "max", or v1's -1: no quota */
+        return 0;
+    char *end;
+    unsigned long long q = strtoull(quota, &end, 10);
+    if (*end != '\0' || q == 0)
+        return 0;
+    unsigned long long cpus = q / period + (q % period != 0);
+    return cpus > 65535 ? 65535 : (unsigned)cpus;
+}
+
+/* One cgroup directory's quota in CPUs: v2's cpu.max, or v1's
+ * cpu.cfs_quota_us and cpu.cfs_period_us; 0 for none. */
+static unsigned dir_cpus(const char *dir, bool v2)
+{
+    char file[4200], quota[64], period[64], both[140];
+    if (v2) {
+        snprintf(file, sizeof file, "%s/cpu.max", dir);
+        return weft__read_line(file, both, sizeof both) ? weft__cpu_max_cpus(both) : 0;
+    }
+    snprintf(file, sizeof file, "%s/cpu.cfs_quota_us", dir);
+    if (!weft__read_line(file, quota, sizeof quota))
+        return 0;
+    snprintf(file, sizeof file, "%s/cpu.cfs_period_us", dir);
+    if (!weft__read_line(file, period, sizeof period))
+        return 0;
+    quota[strcspn(quota, "\n")] = '\0';
+    snprintf(both, sizeof both, "%s %s", quota, period);
+    return weft__cpu_max_cpus(both);
+}
+
+unsigned weft__cgroup_cpus_at(const char *mount, const char *path, bool v2)
+{
+    char dir[4096];
+    unsigned best = 0;
+    if (snprintf(dir, sizeof dir, "%s%s", mount, strcmp(path, "/") == 0 ? "" : path) >=
+        (int)sizeof dir)
+        return 0;
+    size_t mount_len = strlen(mount);
+    for (;;) {
+        unsigned cpus = dir_cpus(dir, v2);
+        if (cpus && (!best || cpus < best))
+            best = cpus;
+        char *slash = strrchr(dir, '/');
+        if (!slash || (size_t)(slash - dir) < mount_len)
+            break;
+        *slash = '\0'; /* up to the parent cgroup, as far as the mount */
+    }
+    return best;
+}
+
+/* Whether `word` is one of the comma-separated words of `list`. */
+static bool has_word(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; p; p = strchr(p, ',')) {
+        if (*p == ',')
+            p++;
+        if (strncmp(p, word, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+unsigned weft__cgroup_cpus(void)
+{
+    /* Where the hierarchies are mounted (/proc/self/mountinfo: mount
+     * root in field 4, mount point in 5, then after " - " the type and
+     * the options), and where the process sits in them (/proc/self/cgroup:
+     * "0::/path" for v2, "N:cpu,cpuacct:/path" for v1). */
+    char line[4096], mnt[2][1024] = { "", "" }, mroot[2][1024] = { "", "" };
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f)) {
+        char root[1024], point[1024], type[64], opts[1024];
+        const char *dash = strstr(line, " - ");
+        if (!dash || sscanf(line, "%*s %*s %*s %1023s %1023s", root, point) != 2 ||
+            sscanf(dash + 3, "%63s %*s %1023s", type, opts) != 2)
+            continue;
+        int v = -1; /* 1: the v2 hierarchy; 0: v1's with the cpu controller */
+        if (strcmp(type, "cgroup2") == 0)
+            v = 1;
+        else if (strcmp(type, "cgroup") == 0 && has_word(opts, "cpu"))
+            v = 0;
+        if (v >= 0 && !mnt[v][0]) {
+            snprintf(mnt[v], sizeof mnt[v], "%s", point);
+            snprintf(mroot[v], sizeof mroot[v], "%s", root);
+        }
+    }
+    fclose(f);
+    if (!(f = fopen("/proc/self/cgroup", "re")))
+        return 0;
+    unsigned best = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
+        if (!path)
+            continue;
+        *path++ = '\0';
+        ctl++;
+        int v = *ctl == '\0' ? 1 : has_word(ctl, "cpu") ? 0 : -1;
+        if (v < 0 || !mnt[v][0])
+            continue;
+        /* The path is from the hierarchy's root; the mount may show a
+         * part of it (a container's). */
+        size_t rl = strlen(mroot[v]);
+        if (strcmp(mroot[v], "/") != 0 && strncmp(path, mroot[v], rl) == 0)
+            path += rl;
+        unsigned cpus = weft__cgroup_cpus_at(mnt[v], *path ? path : "/", v == 1);
+        if (cpus && (!best || cpus < best))
+            best = cpus;
+    }
+    fclose(f);
+    return best;
 }
 
 bool weft__topology_ready(void)

@@ -765,8 +765,10 @@ int weft_start(const weft_config *cfg)
         return EALREADY;
     unsigned cores = weft__topology_begin();
     unsigned n = env_workers();
-    if (!n)
-        n = cfg->workers ? cfg->workers : cores;
+    if (!n && !(n = cfg->workers)) {
+        unsigned quota = weft__cgroup_cpus();
+        n = quota && quota < cores ? quota : cores;
+    }
     pin_mode = cfg->pin;
     weft__cpu_probe();
     weft__stack_set_default(cfg->stack_size);
