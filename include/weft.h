@@ -36,7 +36,8 @@ typedef struct weft_config {
     unsigned workers;      /* 0: one per core this process may run on (its
                               affinity mask and cgroup cpuset, via hwloc),
                               at most its cgroup CPU quota (cpu.max) rounded
-                              up; the environment's WEFT_WORKERS overrides */
+                              up, as read at the process's first start; the
+                              environment's WEFT_WORKERS overrides */
     size_t stack_size;     /* 0: 256 KiB usable; WEFT_STACK_SIZE (bytes, or
                               with a K/M suffix) overrides */
     int pin;               /* WEFT_PIN_AUTO: bind worker i to core i when

@@ -297,8 +297,8 @@ bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsign
 /* Binds the calling thread to the core of worker `index` (once ready). */
 void weft__topology_pin(unsigned index);
 /* The CPUs' worth of time the process's cgroup quota allows, rounded up
- * (the smallest along its cgroup path, v1 or v2); 0: no quota, or none
- * readable. _at walks one hierarchy mounted at `mount` from `path` up to
+ * (the smallest along its cgroup path, v1 or v2), read once per process;
+ * 0: no quota, or none readable. _at walks one hierarchy mounted at `mount` from `path` up to
  * the mount; weft__cpu_max_cpus reads one "QUOTA PERIOD" line ("max
  * 100000" and v1's "-1 100000" are 0). */
 unsigned weft__cgroup_cpus(void);

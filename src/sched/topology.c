@@ -15,8 +15,8 @@
  * the default count to the quota, rounded up, as Go 1.25 does for
  * GOMAXPROCS: sixteen workers spinning on a container's two CPUs' worth
  * of time get it throttled. The quota is the smallest along the
- * process's cgroup path (weft__cgroup_cpus); the cores stay as they are
- * for binding and stealing.
+ * process's cgroup path (weft__cgroup_cpus, read at the first start);
+ * the cores stay as they are for binding and stealing.
  *
  * Stealing goes nearest first: for worker i, the other workers sorted by
  * the depth of the deepest object their cores share (same L2, then L3 or
@@ -351,7 +351,10 @@ static bool has_word(const char *list, const char *word)
     return false;
 }
 
-unsigned weft__cgroup_cpus(void)
+static unsigned cgroup_cpus;
+static pthread_once_t cgroup_once = PTHREAD_ONCE_INIT;
+
+static void read_cgroup_cpus(void)
 {
     /* Where the hierarchies are mounted (/proc/self/mountinfo: mount
      * root in field 4, mount point in 5, then after " - " the type and
@@ -360,7 +363,7 @@ unsigned weft__cgroup_cpus(void)
     char line[4096], mnt[2][1024] = { "", "" }, mroot[2][1024] = { "", "" };
     FILE *f = fopen("/proc/self/mountinfo", "re");
     if (!f)
-        return 0;
+        return;
     while (fgets(line, sizeof line, f)) {
         char root[1024], point[1024], type[64], opts[1024];
         const char *dash = strstr(line, " - ");
@@ -379,7 +382,7 @@ unsigned weft__cgroup_cpus(void)
     }
     fclose(f);
     if (!(f = fopen("/proc/self/cgroup", "re")))
-        return 0;
+        return;
     unsigned best = 0;
     while (fgets(line, sizeof line, f)) {
         line[strcspn(line, "\n")] = '\0';
@@ -401,7 +404,15 @@ unsigned weft__cgroup_cpus(void)
             best = cpus;
     }
     fclose(f);
-    return best;
+    cgroup_cpus = best;
+}
+
+unsigned weft__cgroup_cpus(void)
+{
+    /* Once per process, like the topology: reading mountinfo and the
+     * cgroup files took ~100 us, as long as the rest of a restart. */
+    pthread_once(&cgroup_once, read_cgroup_cpus);
+    return cgroup_cpus;
 }
 
 bool weft__topology_ready(void)
