@@ -51,7 +51,8 @@
  * becomes a read prefetch (prefetcht0) on baseline x86-64, after which the
  * first store still waits to take the line from its last writer; PREFETCHW
  * asks for it exclusive at once. CPUID says whether the CPU has it
- * (weft__prefetchw, set by weft__cpu_probe() in weft_start). */
+ * (weft__prefetchw, set once per process by weft__cpu_probe(), which
+ * weft_start calls). */
 #if defined(__x86_64__)
 extern bool weft__prefetchw;
 void weft__cpu_probe(void);

@@ -36,11 +36,19 @@
 #include <cpuid.h>
 
 bool weft__prefetchw;
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
-void weft__cpu_probe(void)
+static void cpu_read(void)
 {
     unsigned a, b, c, d;
     weft__prefetchw = __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & bit_PRFCHW);
+}
+
+void weft__cpu_probe(void)
+{
+    /* Once per process: the CPU does not change, and under a hypervisor
+     * CPUID is a trap to it. */
+    pthread_once(&cpu_once, cpu_read);
 }
 #endif
 

@@ -298,9 +298,9 @@ bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsign
 void weft__topology_pin(unsigned index);
 /* The CPUs' worth of time the process's cgroup quota allows, rounded up
  * (the smallest along its cgroup path, v1 or v2), read once per process;
- * 0: no quota, or none readable. _at walks one hierarchy mounted at `mount` from `path` up to
- * the mount; weft__cpu_max_cpus reads one "QUOTA PERIOD" line ("max
- * 100000" and v1's "-1 100000" are 0). */
+ * 0: no quota, or none readable. _at walks one hierarchy mounted at
+ * `mount` from `path` up to the mount; weft__cpu_max_cpus reads one
+ * "QUOTA PERIOD" line ("max 100000" and v1's "-1 100000" are 0). */
 unsigned weft__cgroup_cpus(void);
 unsigned weft__cgroup_cpus_at(const char *mount, const char *path, bool v2);
 unsigned weft__cpu_max_cpus(const char *line);
