@@ -53,6 +53,7 @@
 #define STEAL_MAX 32
 #define STEAL_SHORT (8 * STEAL_MAX)
 #define WAKE_MAX 32
+#define INJECT_EVERY 61 /* rounds between the injection queue's turns */
 #define TRIM_IDLE_NS (20 * 1000000LL)
 #define WORKER_STACK_BYTES (256 * 1024)
 
@@ -88,7 +89,17 @@ static void inject_push(weft_co *co)
     weft__lock_release(&weft__rt.inject_lock);
 }
 
-static void local_push(weft__worker *w, weft_co *co);
+static inline __attribute__((always_inline)) void local_push(weft__worker *w, weft_co *co)
+{
+    if (WEFT_UNLIKELY(weft__deque_push(&w->deque, co) != 0))
+        inject_push(co); /* no memory to grow the deque */
+}
+
+static void wake_push(weft__worker *w, weft_co *co)
+{
+    if (WEFT_UNLIKELY(weft__deque_push(&w->wakeq, co) != 0))
+        inject_push(co);
+}
 
 /* Takes a fair share of the injection queue: one to run, the rest queued. */
 static weft_co *inject_take(weft__worker *w)
@@ -250,18 +261,6 @@ static void sleep_worker(weft__worker *w)
 
 /* --- picking work ------------------------------------------------------------ */
 
-static void local_push(weft__worker *w, weft_co *co)
-{
-    if (WEFT_UNLIKELY(weft__deque_push(&w->deque, co) != 0))
-        inject_push(co); /* no memory to grow the deque */
-}
-
-static void wake_push(weft__worker *w, weft_co *co)
-{
-    if (WEFT_UNLIKELY(weft__deque_push(&w->wakeq, co) != 0))
-        inject_push(co);
-}
-
 static uint64_t next_random(weft__worker *w)
 {
     uint64_t x = w->rng;
@@ -379,10 +378,12 @@ static inline void place_when_ready(weft__worker *w)
         place(w);
 }
 
-static weft_co *local_next(weft__worker *w)
+/* local_next's whole rule (see the top of this file); the inline part
+ * below takes the common case. */
+static WEFT_NOINLINE weft_co *local_next_slow(weft__worker *w)
 {
-    w->tick++;
-    if (WEFT_UNLIKELY(w->tick % 61 == 0)) {
+    if (w->inject_in == 0) {
+        w->inject_in = INJECT_EVERY;
         place_when_ready(w);
         weft_co *co = inject_take(w);
         if (co)
@@ -409,6 +410,22 @@ static weft_co *local_next(weft__worker *w)
         weft__count(&w->stats.handoffs);
     }
     return co;
+}
+
+/* The next coroutine of w's own queues, or NULL. Inline for the case of
+ * every yield and most switches: no injection turn, no handoff, no woken
+ * coroutine; then it is the deque's oldest (the slow path would reach the
+ * same answer after resetting both streaks). The wake queue is w's own:
+ * only w adds to it, so seen empty it stays empty here. */
+static inline __attribute__((always_inline)) weft_co *local_next(weft__worker *w)
+{
+    w->tick++;
+    if (WEFT_LIKELY(--w->inject_in != 0 && !w->runnext && weft__deque_size(&w->wakeq) == 0)) {
+        w->runnext_streak = 0;
+        w->wake_streak = 0;
+        return take(&w->deque);
+    }
+    return local_next_slow(w);
 }
 
 static void run_timers(weft__worker *w, bool force)
@@ -479,9 +496,9 @@ static weft_co *find_work(weft__worker *w)
 
 /* --- running ------------------------------------------------------------------ */
 
-/* Makes a queue entry ready to switch into: resolves a spawn entry (NULL
- * for a tombstone) and gives a first run its stack. */
-static weft_co *prepare(weft__worker *w, weft_co *entry)
+/* prepare's rare cases: a spawn entry (claimed by its joiner: NULL),
+ * and a first run, which gets its stack here. */
+static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
 {
     weft_co *co = entry;
     if (weft__is_spawn_entry(entry)) {
@@ -510,6 +527,16 @@ static weft_co *prepare(weft__worker *w, weft_co *entry)
     return co;
 }
 
+/* Makes a queue entry ready to switch into: resolves a spawn entry (NULL
+ * for a tombstone) and gives a first run its stack. A started coroutine
+ * (a yield's, a wake-up's) needs neither. */
+static inline __attribute__((always_inline)) weft_co *prepare(weft__worker *w, weft_co *entry)
+{
+    if (WEFT_LIKELY(!weft__is_spawn_entry(entry) && entry->resume))
+        return entry;
+    return prepare_slow(w, entry);
+}
+
 /* Whatever switches into a coroutine or into the scheduler leaves in
  * w->prev the coroutine it switched away from; the side that lands runs
  * this first. It acts for the coroutine that left, now that its stack is
@@ -528,7 +555,8 @@ static void woken_to_deque(weft__worker *w)
     }
 }
 
-void weft__settle(weft__worker *w)
+/* weft__settle's whole rule; settle() below takes the common case. */
+static WEFT_NOINLINE void settle_slow(weft__worker *w)
 {
     weft_co *prev = w->prev;
     if (!prev)
@@ -558,6 +586,30 @@ void weft__settle(weft__worker *w)
     }
 }
 
+void weft__settle(weft__worker *w)
+{
+    settle_slow(w);
+}
+
+/* Inline on the switch path for its common case: nothing to settle (the
+ * scheduler switched us in), or a yield with no woken coroutine waiting,
+ * which goes straight to the back of the deque. */
+static inline __attribute__((always_inline)) void settle(weft__worker *w)
+{
+    weft_co *prev = w->prev;
+    if (!prev)
+        return;
+    if (WEFT_LIKELY(prev->why == WEFT__WHY_YIELD && !w->runnext &&
+                    weft__deque_size(&w->wakeq) == 0)) {
+        w->prev = NULL;
+        local_push(w, prev);
+        if (weft__rt.nworkers > 1)
+            weft__notify();
+        return;
+    }
+    settle_slow(w);
+}
+
 /* Switches away from coroutine `co` (running on fiber `from`), which has
  * set co->why: straight into the next runnable coroutine of this worker
  * when there is one (one switch instead of two through the scheduler), else
@@ -583,7 +635,7 @@ static weft__worker *switch_out(weft__worker *w, weft_co *co, weft__fiber *from)
             weft__fiber_exit(from, &w->fiber, w);
         w = weft__fiber_switch(from, &w->fiber, w);
     }
-    weft__settle(w);
+    settle(w);
     return w;
 }
 
@@ -596,7 +648,7 @@ static void run(weft__worker *w, weft_co *entry)
     w->spawn_burst = 0;
     weft__count(&w->stats.switches);
     weft__fiber_switch(&w->fiber, co->resume, w);
-    weft__settle(w);
+    settle(w);
 }
 
 static void *worker_main(void *arg)
@@ -797,6 +849,7 @@ int weft_start(const weft_config *cfg)
         weft__rt.workers[i] = w;
         w->index = i;
         w->rng = 0x9E3779B97F4A7C15ull * (i + 1);
+        w->inject_in = INJECT_EVERY;
         atomic_init(&w->timer_next, INT64_MAX);
         w->cells_free = UINT32_MAX; /* no timer cells yet (timer.c) */
         w->victims = calloc(n, sizeof *w->victims);
