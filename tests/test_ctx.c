@@ -631,6 +631,7 @@ static void test_ctx_new_stacks_have_their_top_page_committed(void **state)
     for (unsigned i = 0; i < N; i++)
         weft__stack_put(v[i]);
     free(v);
+    (void)weft__stack_trim(N); /* the pool back to its usual size */
     assert_int_equal(missing, 0);
 }
 

@@ -108,8 +108,8 @@ typedef struct weft__worker {
     unsigned spawn_burst;    /* spawns by the current coroutine since it
                                 was switched in (co.c's backpressure) */
     unsigned index;
-    uint64_t tick;          /* scheduling rounds */
     unsigned inject_in;     /* rounds until the injection queue's turn */
+    uint64_t tick;          /* scheduling rounds */
     uint64_t rng;           /* victim randomisation (xorshift) */
     unsigned *victims;      /* other workers, nearest first */
     unsigned *victim_level; /* their distance class, for shuffling */
