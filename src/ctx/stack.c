@@ -25,12 +25,13 @@
  * failing spawn once the budget is spent (100,000 parked coroutines must
  * work with default settings).
  *
- * Pooling. Freed stacks of the default size go to a per-thread cache (32,
+ * Pooling. Freed stacks of the default size go to a per-thread cache (64,
  * no atomics), then to a process-wide pool (up to 1024) that is a lock-free
  * LIFO of type-stable descriptors (atomic.h); beyond that they are
  * unmapped. New default stacks are mapped 32 at a time to amortise the
- * mmap and madvise calls. Pooled stacks keep the pages they dirtied: the
- * price of not paying a madvise on every free.
+ * mmap and madvise calls, their top pages (which every first run writes)
+ * committed in one call rather than 32 page faults. Pooled stacks keep the
+ * pages they dirtied: the price of not paying a madvise on every free.
  *
  * The handler runs on an alternate signal stack (each worker gets one;
  * plain threads get one when they make a context or generator). It reads
