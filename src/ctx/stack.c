@@ -348,7 +348,7 @@ static weft__stack *map_stacks(size_t bytes, unsigned count)
     /* Every stack's first run writes its top page (the first frame, then
      * the coroutine's own): commit those pages of the batch in the same
      * way, one call instead of a page fault each (skynet maps ~1,350
-     * batches: its median fell 223 -> 196 ms on 2 workers). A failure
+     * batches: its median fell 205 -> 181 ms on 2 workers). A failure
      * (an older kernel, no memory) leaves them to fault in on first use. */
     if (guarded)
         (void)advise_batch(base, one, count, one - page_bytes, page_bytes, MADV_POPULATE_WRITE);
