@@ -26,6 +26,37 @@ static void test_deque_take_is_fifo_across_growth(void **state)
     weft__deque_destroy(&d);
 }
 
+/* The solo take that also names the next item: FIFO like take, across
+ * growth and wrap-around, and `after` is always what the next take
+ * returns (NULL when the taken item was the last). */
+static void test_deque_take_solo_next_names_the_next_take(void **state)
+{
+    (void)state;
+    weft__deque d;
+    assert_int_equal(weft__deque_init(&d), 0);
+    void *after = (void *)1;
+    assert_null(weft__deque_take_solo_next(&d, &after));
+    assert_null(after);
+    uintptr_t pushed = 0, taken = 0;
+    for (int round = 0; round < 50; round++) {
+        for (int i = 0; i < 7; i++) /* more than taken: the queue grows */
+            assert_int_equal(weft__deque_push(&d, (void *)++pushed), 0);
+        for (int i = 0; i < 5; i++) {
+            uintptr_t item = (uintptr_t)weft__deque_take_solo_next(&d, &after);
+            assert_int_equal(item, ++taken);
+            assert_int_equal((uintptr_t)after, taken < pushed ? taken + 1 : 0);
+        }
+    }
+    while (taken < pushed) {
+        uintptr_t item = (uintptr_t)weft__deque_take_solo_next(&d, &after);
+        assert_int_equal(item, ++taken);
+        assert_int_equal((uintptr_t)after, taken < pushed ? taken + 1 : 0);
+    }
+    assert_null(weft__deque_take_solo_next(&d, &after));
+    assert_null(after);
+    weft__deque_destroy(&d);
+}
+
 static void test_deque_steal_takes_oldest(void **state)
 {
     (void)state;
@@ -133,6 +164,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deque_take_is_fifo_across_growth),
+        cmocka_unit_test(test_deque_take_solo_next_names_the_next_take),
         cmocka_unit_test(test_deque_steal_takes_oldest),
         cmocka_unit_test(test_deque_retract_takes_back_only_the_newest),
         cmocka_unit_test(test_deque_stress_each_item_taken_exactly_once),

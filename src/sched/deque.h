@@ -49,6 +49,12 @@ static inline void *weft__deque_take(weft__deque *d);
 /* Owner, when no thread can steal (a runtime of one worker): the same as
  * weft__deque_take without the CAS. */
 static inline void *weft__deque_take_solo(weft__deque *d);
+/* Owner: the item the next FIFO take would return, or NULL (with thieves
+ * about, only a hint: one may take it a moment later). */
+static inline void *weft__deque_peek_oldest(weft__deque *d);
+/* weft__deque_take_solo that also gives, in *after, the item the next
+ * take will return (NULL if none). */
+static inline void *weft__deque_take_solo_next(weft__deque *d, void **after);
 /* Owner: removes `item` if it is the newest one; 1 if removed, 0 if not
  * (not the newest, or taken by a thief meanwhile). */
 int weft__deque_retract(weft__deque *d, void *item);
@@ -124,6 +130,23 @@ static inline void *weft__deque_take_solo(weft__deque *d)
     /* Relaxed: no thief exists; the store is only for the owner itself
      * and for weft__deque_size's snapshot readers. */
     atomic_store_explicit(&d->top, t + 1, memory_order_relaxed);
+    return item;
+}
+
+static inline void *weft__deque_peek_oldest(weft__deque *d)
+{
+    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    if (t >= b)
+        return NULL;
+    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+    return atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
+}
+
+static inline void *weft__deque_take_solo_next(weft__deque *d, void **after)
+{
+    void *item = weft__deque_take_solo(d);
+    *after = item ? weft__deque_peek_oldest(d) : NULL;
     return item;
 }
 
