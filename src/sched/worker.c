@@ -577,8 +577,9 @@ static void woken_to_deque(weft__worker *w)
     }
 }
 
-/* weft__settle's whole rule; settle() below takes the common case. */
-static WEFT_NOINLINE void settle_slow(weft__worker *w)
+/* The whole rule; settle() below takes the common case inline and calls
+ * this for the rest (so does a new coroutine's first run, co.c). */
+WEFT_NOINLINE void weft__settle(weft__worker *w)
 {
     weft_co *prev = w->prev;
     if (!prev)
@@ -608,11 +609,6 @@ static WEFT_NOINLINE void settle_slow(weft__worker *w)
     }
 }
 
-void weft__settle(weft__worker *w)
-{
-    settle_slow(w);
-}
-
 /* Inline on the switch path for its common case: nothing to settle (the
  * scheduler switched us in), or a yield with no woken coroutine waiting,
  * which goes straight to the back of the deque. */
@@ -629,7 +625,7 @@ static inline __attribute__((always_inline)) void settle(weft__worker *w)
             weft__notify();
         return;
     }
-    settle_slow(w);
+    weft__settle(w);
 }
 
 /* Switches away from coroutine `co` (running on fiber `from`), which has
