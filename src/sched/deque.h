@@ -2,6 +2,7 @@
 #ifndef WEFT_SCHED_DEQUE_H
 #define WEFT_SCHED_DEQUE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <errno.h>
@@ -119,14 +120,25 @@ static inline void *weft__deque_take(weft__deque *d)
     }
 }
 
+/* The owner's view of the oldest item: its index and the item; false
+ * when the deque is empty. Shared by the solo take and the peek. */
+static inline bool weft__deque_oldest(weft__deque *d, int64_t *t, void **item)
+{
+    *t = atomic_load_explicit(&d->top, memory_order_relaxed);
+    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
+    if (*t >= b)
+        return false;
+    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
+    *item = atomic_load_explicit(&a->slots[*t & a->mask], memory_order_relaxed);
+    return true;
+}
+
 static inline void *weft__deque_take_solo(weft__deque *d)
 {
-    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    if (t >= b)
+    int64_t t;
+    void *item;
+    if (!weft__deque_oldest(d, &t, &item))
         return NULL;
-    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
-    void *item = atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
     /* Relaxed: no thief exists; the store is only for the owner itself
      * and for weft__deque_size's snapshot readers. */
     atomic_store_explicit(&d->top, t + 1, memory_order_relaxed);
@@ -135,12 +147,9 @@ static inline void *weft__deque_take_solo(weft__deque *d)
 
 static inline void *weft__deque_peek_oldest(weft__deque *d)
 {
-    int64_t t = atomic_load_explicit(&d->top, memory_order_relaxed);
-    int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
-    if (t >= b)
-        return NULL;
-    weft__deque_array *a = atomic_load_explicit(&d->array, memory_order_relaxed);
-    return atomic_load_explicit(&a->slots[t & a->mask], memory_order_relaxed);
+    int64_t t;
+    void *item;
+    return weft__deque_oldest(d, &t, &item) ? item : NULL;
 }
 
 static inline void *weft__deque_take_solo_next(weft__deque *d, void **after)
