@@ -635,6 +635,69 @@ static void test_ctx_new_stacks_have_their_top_page_committed(void **state)
     assert_int_equal(missing, 0);
 }
 
+/* A thread's batches of new stacks come from address space it reserved
+ * for several at once (doubling: 1, 2, 4, 8, 16 batches), not one mmap
+ * each; at the thread's exit what it did not use is unmapped. */
+enum { MAX_HELD = 4096, BATCH_STACKS = 32 };
+
+struct reserve_probe {
+    unsigned long regions;
+    char *after_last; /* just past the last batch the thread mapped */
+};
+
+static void *take_many_stacks(void *arg)
+{
+    struct reserve_probe *p = arg;
+    weft__stack **v = calloc(MAX_HELD, sizeof *v);
+    if (!v)
+        return NULL;
+    unsigned long start = atomic_load(&weft__stack_regions), seen = start;
+    unsigned n = 0, left = 0;
+    /* Empty the shared pool (earlier tests' stacks) until the first new
+     * batch, then take 15 batches more: 16 batches of new stacks. */
+    while (n < MAX_HELD && (seen == start || left > 0)) {
+        if (weft__stack_get(0, &v[n]) != 0)
+            return NULL;
+        weft__stack *s = v[n++];
+        unsigned long now = atomic_load(&weft__stack_regions);
+        if (now != seen) {
+            /* A new reserve; its first batch begins with this stack. */
+            if (seen == start)
+                left = 16 * BATCH_STACKS;
+            seen = now;
+            p->after_last = (char *)s->map + BATCH_STACKS * s->map_bytes;
+        }
+        if (left)
+            left--;
+    }
+    p->regions = seen - start;
+    for (unsigned i = 0; i < n; i++)
+        weft__stack_put(v[i]);
+    free(v);
+    return n < MAX_HELD ? p : NULL;
+}
+
+static void test_ctx_stack_batches_share_a_reserve_given_back_at_thread_exit(void **state)
+{
+    (void)state;
+    struct reserve_probe p = { 0, NULL };
+    pthread_t t;
+    void *done = NULL;
+    assert_int_equal(pthread_create(&t, NULL, take_many_stacks, &p), 0);
+    assert_int_equal(pthread_join(t, &done), 0);
+    assert_non_null(done);
+    /* 16 batches: reserves of 1, 2, 4 and 8 batches, then one of 16 for
+     * the last (one mmap a batch would be 16). No other thread maps
+     * stacks meanwhile in this test program. */
+    assert_int_equal(p.regions, 5);
+    /* The last reserve's 15 unused batches were unmapped at exit. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    errno = 0;
+    assert_int_equal(msync(p.after_last, page, MS_ASYNC), -1);
+    assert_int_equal(errno, ENOMEM);
+    (void)weft__stack_trim(MAX_HELD);
+}
+
 /* A thread's alternate signal stack outlives the thread, for the next
  * one (a runtime restart starts a fresh set of workers): the second
  * thread gets the first one's, its contents untouched, and an overflow on
@@ -949,6 +1012,10 @@ int main(void)
 #if defined(SWITCH_OVERFLOW_TEST)
         cmocka_unit_test(test_ctx_overflow_inside_the_switch_is_reported),
 #endif
+        /* After every test that forks: its thread's jemalloc arena adds
+         * locks that a fork's prefork handlers then hold, and under TSan
+         * they pass the 64 its deadlock detector tracks. */
+        cmocka_unit_test(test_ctx_stack_batches_share_a_reserve_given_back_at_thread_exit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,6 +54,9 @@ void weft__stack_put(weft__stack *s);
  * `most` of them; returns how many. For idle moments: idle workers and
  * weft_stop call it. */
 unsigned weft__stack_trim(unsigned most);
+/* How many stack regions (mmap calls) this process has made: each thread
+ * reserves address space for several batches of default stacks at once. */
+extern _Atomic unsigned long weft__stack_regions;
 
 /* Aborts with the overflow report when a canary stack's canary is gone. */
 void weft__stack_check(const weft__stack *s, const char *kind, const char *name);
