@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -698,6 +699,71 @@ static void test_ctx_stack_batches_share_a_reserve_given_back_at_thread_exit(voi
     (void)weft__stack_trim(MAX_HELD);
 }
 
+/* When the address space will not hold a bigger reserve (a low
+ * RLIMIT_AS, or huge stacks), a thread still gets its stacks a batch at a
+ * time. Not under the sanitizers: their shadow memory needs far more
+ * address space than any limit this test could set. */
+#if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
+static long vm_size_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %ld kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib * 1024;
+}
+
+static void *stacks_under_a_tight_limit(void *arg)
+{
+    (void)arg;
+    /* Stacks are only held (leaked: the process ends here), so none comes
+     * back from the cache. First empty the shared pool that the parent's
+     * earlier tests filled, up to this thread's first new batch. */
+    weft__stack *s;
+    unsigned long start = atomic_load(&weft__stack_regions);
+    for (unsigned i = 0; atomic_load(&weft__stack_regions) == start; i++)
+        if (i == MAX_HELD || weft__stack_get(0, &s) != 0)
+            _exit(2);
+    size_t batch = BATCH_STACKS * (64 * 1024 + weft__stack_default_size());
+    long now = vm_size_bytes();
+    if (now < 0)
+        _exit(2);
+    /* Room for the reserve of 2 batches that comes next and one more
+     * batch, not for the reserve of 4 after it. */
+    struct rlimit lim = { (rlim_t)now + 3 * batch + batch / 2, RLIM_INFINITY };
+    if (setrlimit(RLIMIT_AS, &lim) != 0)
+        _exit(2);
+    /* The rest of the first batch, two from the reserve of 2, then one
+     * more, which must come on its own. */
+    for (unsigned i = 1; i < 4 * BATCH_STACKS; i++)
+        if (weft__stack_get(0, &s) != 0)
+            _exit(1);
+    _exit(0);
+}
+
+static void child_maps_stacks_under_a_tight_limit(void)
+{
+    pthread_t t; /* a fresh thread: no reserve yet */
+    if (pthread_create(&t, NULL, stacks_under_a_tight_limit, NULL) != 0)
+        _exit(3);
+    pthread_join(t, NULL);
+    _exit(4);
+}
+
+static void test_ctx_stacks_come_a_batch_at_a_time_when_reserves_do_not_fit(void **state)
+{
+    (void)state;
+    char err[256];
+    int status = run_child(child_maps_stacks_under_a_tight_limit, err, sizeof err);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+#endif
+
 /* A thread's alternate signal stack outlives the thread, for the next
  * one (a runtime restart starts a fresh set of workers): the second
  * thread gets the first one's, its contents untouched, and an overflow on
@@ -1011,6 +1077,9 @@ int main(void)
         cmocka_unit_test(test_ctx_child_outlives_its_thread),
 #if defined(SWITCH_OVERFLOW_TEST)
         cmocka_unit_test(test_ctx_overflow_inside_the_switch_is_reported),
+#endif
+#if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
+        cmocka_unit_test(test_ctx_stacks_come_a_batch_at_a_time_when_reserves_do_not_fit),
 #endif
         /* After every test that forks: its thread's jemalloc arena adds
          * locks that a fork's prefork handlers then hold, and under TSan

@@ -380,6 +380,10 @@ static char *take_reserve(size_t one, unsigned count)
         if (n > RESERVE_MAX_BATCHES)
             n = RESERVE_MAX_BATCHES;
         char *base = map_region(batch * n);
+        if (!base && n > 1) {
+            n = 1; /* no room for that many (huge stacks): one batch */
+            base = map_region(batch);
+        }
         if (!base)
             return NULL;
         reserve_batches = n;
