@@ -75,11 +75,13 @@
 #define DEFAULT_BYTES ((size_t)256 * 1024)
 #define MIN_BYTES ((size_t)16 * 1024)
 /* The largest stack (stack.h): far beyond any real one, and small enough
- * that no size computation here can wrap (a batch of 32 fits in size_t). */
+ * that no size computation here can wrap (a reserve of 16 batches of 32
+ * is under 2^50 bytes). */
 #define MAX_BYTES WEFT__STACK_MAX_BYTES
 #define CACHE_MAX 64
 #define POOL_KEEP 1024
 #define BATCH 32
+#define RESERVE_MAX_BATCHES 16 /* see take_reserve */
 
 static size_t page_bytes;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
@@ -93,6 +95,10 @@ static _Atomic long mprotect_live;
 /* Transparent huge pages are on for every mapping ("always"): only then
  * does a stack mapping need MADV_NOHUGEPAGE. Read once, at setup. */
 static bool thp_always;
+/* The most batches a thread reserves at once: 16, or 1 under strict
+ * overcommit (vm.overcommit_memory 2), which charges reserved address
+ * space as memory even with MAP_NORESERVE. Set at setup. */
+static unsigned reserve_most;
 
 static weft__lifo pool = WEFT__LIFO_INIT;  /* default-size stacks */
 static _Atomic long pool_count;            /* relaxed: a trim hint */
@@ -162,6 +168,9 @@ static void setup(void)
     thp_always = true;
     if (weft__read_line("/sys/kernel/mm/transparent_hugepage/enabled", line, sizeof line))
         thp_always = strstr(line, "[always]") != NULL;
+    reserve_most = RESERVE_MAX_BATCHES;
+    if (weft__read_line("/proc/sys/vm/overcommit_memory", line, sizeof line) && line[0] == '2')
+        reserve_most = 1;
 
     /* Probe MADV_GUARD_INSTALL on a scratch mapping. */
     unsigned m = WEFT__GUARD_MPROTECT;
@@ -343,7 +352,9 @@ static bool advise_batch(char *base, size_t one, unsigned count, size_t off, siz
 static WEFT_TLS char *reserve_next, *reserve_end;
 static WEFT_TLS size_t reserve_one;
 static WEFT_TLS unsigned reserve_batches; /* how many the last reserve held */
-#define RESERVE_MAX_BATCHES 16
+/* 0, or less than a reserve that failed to map (RLIMIT_AS, huge stacks):
+ * doubling stops below it instead of failing an mmap every batch. */
+static WEFT_TLS unsigned reserve_cap;
 /* Relaxed: a tally for tests. */
 _Atomic unsigned long weft__stack_regions;
 
@@ -374,18 +385,24 @@ static char *map_region(size_t bytes)
 static char *take_reserve(size_t one, unsigned count)
 {
     size_t batch = one * count;
-    if (reserve_one != one || (size_t)(reserve_end - reserve_next) < batch) {
+    if (!reserve_next || reserve_one != one || (size_t)(reserve_end - reserve_next) < batch) {
         drop_reserve();
+        unsigned most = reserve_cap ? reserve_cap : reserve_most;
         unsigned n = reserve_batches ? reserve_batches * 2 : 1;
-        if (n > RESERVE_MAX_BATCHES)
-            n = RESERVE_MAX_BATCHES;
+        if (n > most)
+            n = most;
         char *base = map_region(batch * n);
         if (!base && n > 1) {
-            n = 1; /* no room for that many (huge stacks): one batch */
+            /* No room for that many (RLIMIT_AS, huge stacks): one batch,
+             * and no more attempts at this size. */
+            reserve_cap = n / 2;
+            n = 1;
             base = map_region(batch);
         }
         if (!base)
             return NULL;
+        /* So that the thread's exit gives back what it has not used. */
+        pthread_setspecific(thread_key, &cache);
         reserve_batches = n;
         reserve_one = one;
         reserve_next = base;
@@ -604,6 +621,8 @@ static void flush_cache(void *unused)
         pool_push(s);
     }
     drop_reserve();
+    /* A later destructor that takes a stack starts small again. */
+    reserve_batches = 0;
 }
 
 /* --- Overflow reports ------------------------------------------------- */
