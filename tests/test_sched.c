@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "compiler.h"    /* WEFT_ASAN, WEFT_TSAN: gcc and clang alike */
-#include "sched/sched.h" /* the idle counts */
+#include "sched/sched.h" /* the idle counts, queue entries */
 #include "weft.h"
 
 #define MS 1000000LL
@@ -269,6 +269,50 @@ static void test_sched_stop_waits_for_detached_coroutines(void **state)
         assert_int_equal(weft_spawn(NULL, NULL, detached, NULL), 0);
     assert_int_equal(weft_stop(), 0);
     assert_int_equal(atomic_load(&detached_done), 10000 / VOLUME);
+}
+
+/* A detached coroutine spawned on a worker without attributes waits in
+ * the queue as a 16-byte ticket, not a descriptor; it gets its descriptor
+ * when it starts, still in spawn order with the other spawns. */
+static weft_co *ticket_self[4];
+
+static void *note_start(void *arg)
+{
+    uintptr_t i = (uintptr_t)arg;
+    say((char)('a' + i));
+    ticket_self[i] = weft_self();
+    return NULL;
+}
+
+static void *spawns_tickets_and_a_handle(void *arg)
+{
+    (void)arg;
+    weft__worker *w = weft__worker_self();
+    weft_co *joined;
+    bool tickets = true;
+    for (uintptr_t i = 0; i < 4; i++) {
+        if (i == 2) {
+            assert_int_equal(weft_spawn(&joined, NULL, note_start, (void *)i), 0);
+            continue;
+        }
+        assert_int_equal(weft_spawn(NULL, NULL, note_start, (void *)i), 0);
+        tickets = tickets && weft__is_ticket_entry(weft__deque_peek_newest(&w->deque));
+    }
+    assert_true(tickets);
+    weft_yield(); /* behind all four: they start, and end, in spawn order */
+    assert_int_equal(weft_join(joined, NULL), 0);
+    return NULL;
+}
+
+static void test_sched_detached_spawns_queue_as_tickets_in_spawn_order(void **state)
+{
+    (void)state;
+    reset_out();
+    memset(ticket_self, 0, sizeof ticket_self);
+    assert_int_equal(weft_main(&one_worker, spawns_tickets_and_a_handle, NULL, NULL), 0);
+    assert_string_equal(out, "abcd");
+    for (int i = 0; i < 4; i++)
+        assert_non_null(ticket_self[i]);
 }
 
 static void test_sched_runtime_restarts_after_stop(void **state)
@@ -1017,6 +1061,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_cpu_bound_coroutines_run_on_every_worker),
         cmocka_unit_test(test_sched_plain_thread_spawns_and_joins),
         cmocka_unit_test(test_sched_stop_waits_for_detached_coroutines),
+        cmocka_unit_test(test_sched_detached_spawns_queue_as_tickets_in_spawn_order),
         cmocka_unit_test(test_sched_runtime_restarts_after_stop),
         cmocka_unit_test(test_sched_sleep_never_wakes_early_on_idle_workers),
         cmocka_unit_test(test_sched_deadlines_cancelled_and_fired_resolve_once),

@@ -206,6 +206,23 @@ void weft__co_finished(weft__worker *w, weft_co *co)
 static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*fn)(void *),
                  void *arg);
 
+/* Backpressure: a coroutine spawning in a loop faster than the workers
+ * start its children would pile up an unbounded backlog (the spawn
+ * workload reached 500,000 descriptors). A coroutine that has itself
+ * spawned more than the bound since it last switched, onto a backlog
+ * above the bound, yields, so its worker starts the backlog too. Only
+ * the bulk spawner: yielding every coroutine that spawns into a long
+ * queue (skynet's nodes spawn 10 each) left parents suspended mid-spawn
+ * while their children parked waiting for them. */
+static void backpressure(weft__worker *w)
+{
+    if (w->current && ++w->spawn_burst > SPAWN_BACKLOG &&
+        weft__deque_size(&w->deque) > SPAWN_BACKLOG) {
+        w->spawn_burst = 0;
+        weft_yield();
+    }
+}
+
 int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *arg)
 {
     if (!fn)
@@ -232,6 +249,17 @@ static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*
      * abort: refuse a size that can never be mapped here. */
     if (attr && attr->stack_size > WEFT__STACK_MAX_BYTES)
         return ENOMEM;
+    if (w && !out && !attr) {
+        weft__ticket *t = weft__alloc(sizeof *t);
+        if (!t)
+            return ENOMEM;
+        t->fn = fn;
+        t->arg = arg;
+        weft__live_inc(w);
+        weft__submit_ticket(w, t);
+        backpressure(w);
+        return 0;
+    }
     weft_co *co = co_alloc(w);
     if (!co)
         return ENOMEM;
@@ -263,20 +291,28 @@ static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*
         *out = co;
     weft__live_inc(w);
     int err = weft__submit(w, co);
-    /* Backpressure: a coroutine spawning in a loop faster than the
-     * workers start its children would pile up an unbounded backlog of
-     * descriptors (the spawn workload reached 500,000). A coroutine that
-     * has itself spawned more than the bound since it last switched, onto
-     * a backlog above the bound, yields, so its worker starts the backlog
-     * too. Only the bulk spawner: yielding every coroutine that spawns
-     * into a long queue (skynet's nodes spawn 10 each) left parents
-     * suspended mid-spawn while their children parked waiting for them. */
-    if (w && w->current && ++w->spawn_burst > SPAWN_BACKLOG &&
-        weft__deque_size(&w->deque) > SPAWN_BACKLOG) {
-        w->spawn_burst = 0;
-        weft_yield();
-    }
+    if (w)
+        backpressure(w);
     return err;
+}
+
+weft_co *weft__co_from_ticket(weft__worker *w, weft__ticket *t)
+{
+    weft_co *co = co_alloc(w);
+    if (!co)
+        return NULL;
+    /* What spawn sets for a detached coroutine without attributes. */
+    co->fiber.stack = NULL;
+    co->resume = NULL;
+    co->result = NULL;
+    co->fiber.name = NULL;
+    atomic_store_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_relaxed);
+    co->fn = t->fn;
+    co->arg = t->arg;
+    co->stack_size = 0;
+    atomic_init(&co->join, WEFT__JOIN_DETACHED);
+    weft__free(t, sizeof *t);
+    return co;
 }
 
 static bool can_inline(weft_co *child)

@@ -190,7 +190,8 @@ WEFT_NOINLINE weft__worker *weft__worker_self(void);
 /* Queue entries are descriptor pointers; a spawn's entry has bit 0 set,
  * so a taker knows to check qstate (it may be a tombstone) and a retract
  * finds exactly the spawn entry, not a later wake-up of the same
- * coroutine. Descriptors are at least 8-byte aligned. */
+ * coroutine. A ticket's entry (below) has bit 1 set. Descriptors and
+ * tickets are at least 8-byte aligned. */
 static inline weft_co *weft__spawn_entry(weft_co *co)
 {
     return (weft_co *)((uintptr_t)co | 1);
@@ -202,6 +203,34 @@ static inline bool weft__is_spawn_entry(const weft_co *entry)
 static inline weft_co *weft__entry_co(weft_co *entry)
 {
     return (weft_co *)((uintptr_t)entry & ~(uintptr_t)1);
+}
+
+/* A detached coroutine spawned on a worker without attributes is queued
+ * as a ticket: its function and argument, 16 bytes instead of a 128-byte
+ * descriptor, which the worker that starts it takes from its own free
+ * list (co.c: weft__co_from_ticket). Nobody holds a handle to it before
+ * it starts, so nothing needs the descriptor earlier. */
+typedef struct weft__ticket {
+    void *(*fn)(void *);
+    void *arg;
+} weft__ticket;
+
+static inline weft_co *weft__ticket_entry(weft__ticket *t)
+{
+    return (weft_co *)((uintptr_t)t | 2);
+}
+static inline bool weft__is_ticket_entry(const weft_co *entry)
+{
+    return (uintptr_t)entry & 2;
+}
+static inline weft__ticket *weft__entry_ticket(weft_co *entry)
+{
+    return (weft__ticket *)((uintptr_t)entry & ~(uintptr_t)2);
+}
+/* An entry that is a started (or woken) coroutine's descriptor itself. */
+static inline bool weft__is_co_entry(const weft_co *entry)
+{
+    return ((uintptr_t)entry & 3) == 0;
 }
 
 /* --- the live count (worker.c) ------------------------------------------
@@ -225,6 +254,9 @@ void weft__co_finished(weft__worker *w, weft_co *co);
 void weft__co_cache_drain(weft__worker *w);
 void weft__co_pool_drain(void); /* weft_stop: the shared batches */
 void weft__co_entry(void *value, void *arg);
+/* The descriptor for a ticket's first run, on the worker that runs it;
+ * the ticket is freed. NULL when out of memory. */
+weft_co *weft__co_from_ticket(weft__worker *w, weft__ticket *t);
 
 /* --- scheduling (worker.c) ---------------------------------------------- */
 /* Makes a parked coroutine runnable. On a worker: it runs next there
@@ -236,6 +268,8 @@ void weft__ready(weft_co *co, bool next);
 /* Queues a new coroutine: on worker w's queue (w: the caller's), or
  * injected when w is NULL (a plain thread). */
 int weft__submit(weft__worker *w, weft_co *co);
+/* Queues a ticket on worker w's queue (w: the caller's). */
+void weft__submit_ticket(weft__worker *w, weft__ticket *t);
 /* Wakes a sleeping worker if there is one and nobody is spinning. */
 void weft__notify(void);
 

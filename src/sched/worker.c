@@ -426,7 +426,7 @@ static inline __attribute__((always_inline)) weft_co *take_deque(weft__worker *w
     void *after;
     weft_co *co = weft__deque_take_solo_next(&w->deque, &after);
     weft_co *next = after;
-    if (next && !weft__is_spawn_entry(next) && next->resume) {
+    if (next && weft__is_co_entry(next) && next->resume) {
         const char *sp = next->resume->sp; /* its saved frame (ctx.c) */
         __builtin_prefetch(sp);
         __builtin_prefetch(sp + 64);
@@ -523,7 +523,13 @@ static weft_co *find_work(weft__worker *w)
 static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
 {
     weft_co *co = entry;
-    if (weft__is_spawn_entry(entry)) {
+    if (weft__is_ticket_entry(entry)) {
+        co = weft__co_from_ticket(w, weft__entry_ticket(entry));
+        if (WEFT_UNLIKELY(!co)) {
+            fprintf(stderr, "weft: out of memory for a coroutine descriptor\n");
+            abort();
+        }
+    } else if (weft__is_spawn_entry(entry)) {
         /* A spawn's queue entry: the coroutine is ours to start unless its
          * joiner claimed it (co.c); then the entry is a tombstone. */
         co = weft__entry_co(entry);
@@ -554,7 +560,7 @@ static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
  * (a yield's, a wake-up's) needs neither. */
 static inline __attribute__((always_inline)) weft_co *prepare(weft__worker *w, weft_co *entry)
 {
-    if (WEFT_LIKELY(!weft__is_spawn_entry(entry) && entry->resume))
+    if (WEFT_LIKELY(weft__is_co_entry(entry) && entry->resume))
         return entry;
     return prepare_slow(w, entry);
 }
@@ -733,6 +739,14 @@ int weft__submit(weft__worker *w, weft_co *co)
     if (weft__rt.nworkers > 1)
         weft__notify();
     return 0;
+}
+
+void weft__submit_ticket(weft__worker *w, weft__ticket *t)
+{
+    weft__count(&w->stats.spawned);
+    local_push(w, weft__ticket_entry(t));
+    if (weft__rt.nworkers > 1)
+        weft__notify();
 }
 
 /* weft__park and weft_yield read the thread-locals directly: nothing
