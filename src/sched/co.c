@@ -242,6 +242,25 @@ int weft_spawn(weft_co **out, const weft_attr *attr, void *(*fn)(void *), void *
     return err;
 }
 
+/* Only what a fresh coroutine reads: the fiber is set up at its first
+ * run (worker.c), the rest when it parks or ends. */
+static void init_fresh(weft_co *co, void *(*fn)(void *), void *arg, size_t stack_size,
+                       bool detached)
+{
+    co->fiber.stack = NULL;
+    co->resume = NULL;
+    co->result = NULL;
+    co->fiber.name = NULL;
+    /* Relaxed: published with the queue entry (release in the push). A
+     * detached coroutine has no joiner to claim it: already TAKEN, so its
+     * first run skips the RMW. */
+    atomic_store_explicit(&co->qstate, detached ? WEFT__Q_TAKEN : 0, memory_order_relaxed);
+    co->fn = fn;
+    co->arg = arg;
+    co->stack_size = stack_size;
+    atomic_init(&co->join, detached ? WEFT__JOIN_DETACHED : NULL);
+}
+
 static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*fn)(void *),
                  void *arg)
 {
@@ -263,16 +282,7 @@ static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*
     weft_co *co = co_alloc(w);
     if (!co)
         return ENOMEM;
-    /* Only what a fresh coroutine reads: the fiber is set up at its
-     * first run (worker.c), the rest when it parks or ends. */
-    co->fiber.stack = NULL;
-    co->resume = NULL;
-    co->result = NULL;
-    co->fiber.name = NULL;
-    /* Relaxed: published with the queue entry (release in the push). A
-     * detached coroutine has no joiner to claim it: already TAKEN, so its
-     * first run skips the RMW. */
-    atomic_store_explicit(&co->qstate, out ? 0 : WEFT__Q_TAKEN, memory_order_relaxed);
+    init_fresh(co, fn, arg, attr ? attr->stack_size : 0, !out);
     if (attr && attr->name) {
         size_t len = strlen(attr->name) + 1;
         char *name = weft__alloc(len);
@@ -283,10 +293,6 @@ static int spawn(weft__worker *w, weft_co **out, const weft_attr *attr, void *(*
         memcpy(name, attr->name, len);
         co->fiber.name = name;
     }
-    co->fn = fn;
-    co->arg = arg;
-    co->stack_size = attr ? attr->stack_size : 0;
-    atomic_init(&co->join, out ? NULL : WEFT__JOIN_DETACHED);
     if (out)
         *out = co;
     weft__live_inc(w);
@@ -301,16 +307,7 @@ weft_co *weft__co_from_ticket(weft__worker *w, weft__ticket *t)
     weft_co *co = co_alloc(w);
     if (!co)
         return NULL;
-    /* What spawn sets for a detached coroutine without attributes. */
-    co->fiber.stack = NULL;
-    co->resume = NULL;
-    co->result = NULL;
-    co->fiber.name = NULL;
-    atomic_store_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_relaxed);
-    co->fn = t->fn;
-    co->arg = t->arg;
-    co->stack_size = 0;
-    atomic_init(&co->join, WEFT__JOIN_DETACHED);
+    init_fresh(co, t->fn, t->arg, 0, true);
     weft__free(t, sizeof *t);
     return co;
 }
