@@ -98,7 +98,9 @@ typedef struct weft_attr {
  * Backpressure: a coroutine that has spawned more than 4096 coroutines
  * since it last waited or yielded, while its worker holds more than 4096
  * that have not started, yields after spawning (as weft_yield), so a
- * spawning loop cannot outrun the workers without bound.
+ * spawning loop cannot outrun the workers without bound. What a first run
+ * needs (a stack; for a detached coroutine, its descriptor) is allocated
+ * then: if memory is out at that point the process ends with a message.
  * Returns 0; EINVAL if fn is NULL; EPERM if the runtime is not running;
  * ENOMEM, also for a stack_size above 1 TiB. */
 WEFT_API int weft_spawn(weft_co **co, const weft_attr *attr, void *(*fn)(void *), void *arg);

@@ -274,13 +274,15 @@ static void test_sched_stop_waits_for_detached_coroutines(void **state)
 /* A detached coroutine spawned on a worker without attributes waits in
  * the queue as a 16-byte ticket, not a descriptor; it gets its descriptor
  * when it starts, still in spawn order with the other spawns. */
-static weft_co *ticket_self[4];
+static bool ticket_detached[4];
 
 static void *note_start(void *arg)
 {
     uintptr_t i = (uintptr_t)arg;
     say((char)('a' + i));
-    ticket_self[i] = weft_self();
+    /* A detached coroutine's descriptor: its handle word says so (c,
+     * which has a handle, is not asked: that would detach it). */
+    ticket_detached[i] = i != 2 && weft_detach(weft_self()) == EINVAL;
     return NULL;
 }
 
@@ -308,11 +310,93 @@ static void test_sched_detached_spawns_queue_as_tickets_in_spawn_order(void **st
 {
     (void)state;
     reset_out();
-    memset(ticket_self, 0, sizeof ticket_self);
+    memset(ticket_detached, 0, sizeof ticket_detached);
     assert_int_equal(weft_main(&one_worker, spawns_tickets_and_a_handle, NULL, NULL), 0);
     assert_string_equal(out, "abcd");
     for (int i = 0; i < 4; i++)
-        assert_non_null(ticket_self[i]);
+        assert_true(ticket_detached[i] == (i != 2)); /* c has a handle */
+}
+
+/* Tickets stolen by another worker start there; the runtime's stop waits
+ * for every one, and each runs once. */
+static _Atomic int stolen_tickets_ran, ran_on[2];
+
+static void *nap_and_count(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&ran_on[weft_worker() == 1], 1);
+    weft_sleep(1 * MS);
+    atomic_fetch_add(&stolen_tickets_ran, 1);
+    return NULL;
+}
+
+static void *spawns_tickets_and_leaves(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 10000 / VOLUME; i++)
+        assert_int_equal(weft_spawn(NULL, NULL, nap_and_count, NULL), 0);
+    return NULL;
+}
+
+static void test_sched_tickets_run_on_every_worker_and_stop_waits(void **state)
+{
+    (void)state;
+    atomic_store(&stolen_tickets_ran, 0);
+    atomic_store(&ran_on[0], 0);
+    atomic_store(&ran_on[1], 0);
+    assert_int_equal(weft_start(&two_workers), 0);
+    assert_int_equal(weft_spawn(NULL, NULL, spawns_tickets_and_leaves, NULL), 0);
+    assert_int_equal(weft_stop(), 0);
+    assert_int_equal(atomic_load(&stolen_tickets_ran), 10000 / VOLUME);
+    /* The spawner's worker started some, the other stole some (at the
+     * sanitizers' small volume the other may stay asleep). */
+    if (VOLUME == 1)
+        assert_true(atomic_load(&ran_on[0]) > 0 && atomic_load(&ran_on[1]) > 0);
+}
+
+/* When a deque cannot grow (no memory), what would have gone into it goes
+ * to the injection queue: tickets and spawn entries too, each still run
+ * exactly once, joinable ones still joined with their result. */
+static _Atomic int injected_ran;
+/* deque.c, built with WEFT_TESTING: set, a deque's growth fails. */
+extern _Atomic int weft__test_deque_cannot_grow;
+
+static void *count_and_return(void *arg)
+{
+    atomic_fetch_add(&injected_ran, 1);
+    return arg;
+}
+
+static void *spawns_past_a_full_deque(void *arg)
+{
+    (void)arg;
+    enum { N = 24 }; /* the test build's deques start with 4 slots */
+    weft_co *handles[N];
+    atomic_store(&weft__test_deque_cannot_grow, 1);
+    for (uintptr_t i = 0; i < N; i++) {
+        handles[i] = NULL;
+        if (i % 2)
+            assert_int_equal(weft_spawn(&handles[i], NULL, count_and_return, (void *)i), 0);
+        else
+            assert_int_equal(weft_spawn(NULL, NULL, count_and_return, NULL), 0);
+    }
+    atomic_store(&weft__test_deque_cannot_grow, 0);
+    for (uintptr_t i = 1; i < N; i += 2) {
+        void *r = NULL;
+        assert_int_equal(weft_join(handles[i], &r), 0);
+        assert_ptr_equal(r, (void *)i);
+    }
+    while (atomic_load(&injected_ran) < N)
+        weft_yield();
+    return NULL;
+}
+
+static void test_sched_spawns_past_a_deque_that_cannot_grow_run_once(void **state)
+{
+    (void)state;
+    atomic_store(&injected_ran, 0);
+    assert_int_equal(weft_main(&one_worker, spawns_past_a_full_deque, NULL, NULL), 0);
+    assert_int_equal(atomic_load(&injected_ran), 24);
 }
 
 static void test_sched_runtime_restarts_after_stop(void **state)
@@ -1062,6 +1146,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sched_plain_thread_spawns_and_joins),
         cmocka_unit_test(test_sched_stop_waits_for_detached_coroutines),
         cmocka_unit_test(test_sched_detached_spawns_queue_as_tickets_in_spawn_order),
+        cmocka_unit_test(test_sched_tickets_run_on_every_worker_and_stop_waits),
+        cmocka_unit_test(test_sched_spawns_past_a_deque_that_cannot_grow_run_once),
         cmocka_unit_test(test_sched_runtime_restarts_after_stop),
         cmocka_unit_test(test_sched_sleep_never_wakes_early_on_idle_workers),
         cmocka_unit_test(test_sched_deadlines_cancelled_and_fired_resolve_once),

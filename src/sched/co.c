@@ -2,8 +2,10 @@
  *
  * A spawned coroutine is only a descriptor (no stack) until a worker first
  * runs it (worker.c gives it a pooled stack then), so a million spawned and
- * not yet started coroutines cost a million descriptors. Descriptors are
- * recycled through a per-worker free list (256) in front of jemalloc.
+ * not yet started coroutines cost a million descriptors; a detached one
+ * spawned on a worker without attributes is only a 16-byte ticket until
+ * then (sched.h, weft__co_from_ticket). Descriptors are recycled through a
+ * per-worker free list (256) in front of jemalloc.
  *
  * The handle. `join` is one atomic word: NULL while attached, a waiter
  * once a joiner waits, DETACHED, or DONE once the coroutine has finished
@@ -251,9 +253,10 @@ static void init_fresh(weft_co *co, void *(*fn)(void *), void *arg, size_t stack
     co->resume = NULL;
     co->result = NULL;
     co->fiber.name = NULL;
-    /* Relaxed: published with the queue entry (release in the push). A
-     * detached coroutine has no joiner to claim it: already TAKEN, so its
-     * first run skips the RMW. */
+    /* Relaxed: published with the queue entry (release in the push); a
+     * ticket's descriptor is never queued before it runs. A detached
+     * coroutine has no joiner to claim it: already TAKEN, so its first run
+     * skips the RMW. */
     atomic_store_explicit(&co->qstate, detached ? WEFT__Q_TAKEN : 0, memory_order_relaxed);
     co->fn = fn;
     co->arg = arg;

@@ -45,6 +45,10 @@ static size_t array_bytes(const weft__deque_array *a)
     return sizeof *a + (size_t)(a->mask + 1) * sizeof(a->slots[0]);
 }
 
+#if defined(WEFT_TESTING)
+_Atomic int weft__test_deque_cannot_grow;
+#endif
+
 int weft__deque_init(weft__deque *d)
 {
     weft__deque_array *a = array_new(WEFT__DEQUE_INITIAL);
@@ -71,6 +75,10 @@ void weft__deque_destroy(weft__deque *d)
 weft__deque_array *weft__deque_grow(weft__deque *d, weft__deque_array *a, int64_t top,
                                     int64_t bottom)
 {
+#if defined(WEFT_TESTING)
+    if (atomic_load_explicit(&weft__test_deque_cannot_grow, memory_order_relaxed))
+        return NULL;
+#endif
     weft__deque_array *bigger = array_new((a->mask + 1) * 2);
     if (!bigger)
         return NULL;

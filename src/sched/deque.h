@@ -11,6 +11,8 @@
 
 #if defined(WEFT_TESTING)
 #define WEFT__DEQUE_INITIAL 4 /* tests: grow early and often */
+/* Tests: set, a deque's growth fails as when memory is out. */
+extern _Atomic int weft__test_deque_cannot_grow;
 #else
 #define WEFT__DEQUE_INITIAL 256
 #endif

@@ -84,9 +84,9 @@ struct weft_co {
     void *after_arg;
 };
 #if !defined(WEFT_ASAN) && !defined(WEFT_TSAN)
-/* A million queued descriptors (skynet spawns every leaf before the first
- * runs) are a million jemalloc objects: 128 bytes is a size class, 136
- * would be 160. Sanitizer builds add fields to the fiber. */
+/* A million queued or parked coroutines are a million jemalloc objects:
+ * 128 bytes is a size class, 136 would be 160. Sanitizer builds add
+ * fields to the fiber. */
 _Static_assert(sizeof(struct weft_co) <= 128, "weft_co fits jemalloc's 128-byte class");
 #endif
 

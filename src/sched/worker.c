@@ -89,10 +89,25 @@ static void inject_push(weft_co *co)
     weft__lock_release(&weft__rt.inject_lock);
 }
 
-static inline __attribute__((always_inline)) void local_push(weft__worker *w, weft_co *co)
+static weft_co *resolve_entry(weft__worker *w, weft_co *entry);
+
+/* A deque entry that found no room (no memory to grow the deque) goes to
+ * the injection queue instead. That queue links descriptors through
+ * ->next and cannot hold tagged entries, so the entry is resolved first,
+ * as a worker taking it would: a ticket becomes its descriptor, a spawn
+ * entry is taken (its joiner can no longer claim it; a tombstone is
+ * dropped). The injected coroutine is untagged, like a plain thread's. */
+static WEFT_NOINLINE void inject_entry(weft__worker *w, weft_co *entry)
 {
-    if (WEFT_UNLIKELY(weft__deque_push(&w->deque, co) != 0))
-        inject_push(co); /* no memory to grow the deque */
+    weft_co *co = resolve_entry(w, entry);
+    if (co)
+        inject_push(co);
+}
+
+static inline __attribute__((always_inline)) void local_push(weft__worker *w, weft_co *entry)
+{
+    if (WEFT_UNLIKELY(weft__deque_push(&w->deque, entry) != 0))
+        inject_entry(w, entry);
 }
 
 static void wake_push(weft__worker *w, weft_co *co)
@@ -306,7 +321,7 @@ static weft_co *steal_queue(weft__worker *w, weft__deque *from, weft__deque *to,
             break;
         weft__count(&w->stats.steals);
         if (WEFT_UNLIKELY(weft__deque_push(to, co) != 0))
-            inject_push(co);
+            inject_entry(w, co);
     }
     return first;
 }
@@ -518,31 +533,43 @@ static weft_co *find_work(weft__worker *w)
 
 /* --- running ------------------------------------------------------------------ */
 
-/* prepare's rare cases: a spawn entry (claimed by its joiner: NULL),
- * and a first run, which gets its stack here. */
-static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
+/* The descriptor a queue entry stands for, taken by this worker: a
+ * ticket's new descriptor, a spawn entry's coroutine (NULL when its joiner
+ * claimed it: a tombstone, consumed here), or the entry itself. */
+static weft_co *resolve_entry(weft__worker *w, weft_co *entry)
 {
-    weft_co *co = entry;
     if (weft__is_ticket_entry(entry)) {
-        co = weft__co_from_ticket(w, weft__entry_ticket(entry));
+        weft_co *co = weft__co_from_ticket(w, weft__entry_ticket(entry));
         if (WEFT_UNLIKELY(!co)) {
             fprintf(stderr, "weft: out of memory for a coroutine descriptor\n");
             abort();
         }
-    } else if (weft__is_spawn_entry(entry)) {
-        /* A spawn's queue entry: the coroutine is ours to start unless its
-         * joiner claimed it (co.c); then the entry is a tombstone. */
-        co = weft__entry_co(entry);
-        unsigned q = atomic_load_explicit(&co->qstate, memory_order_relaxed);
-        if (q != WEFT__Q_TAKEN) /* TAKEN from the start: detached */
-            q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
-        if (WEFT_UNLIKELY(q & WEFT__Q_CLAIMED)) {
-            if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
-                WEFT__Q_JOINER_DONE)
-                weft__co_free(w, co);
-            return NULL;
-        }
+        return co;
     }
+    if (!weft__is_spawn_entry(entry))
+        return entry;
+    /* A spawn's queue entry: the coroutine is ours to start unless its
+     * joiner claimed it (co.c); then the entry is a tombstone. */
+    weft_co *co = weft__entry_co(entry);
+    unsigned q = atomic_load_explicit(&co->qstate, memory_order_relaxed);
+    if (q != WEFT__Q_TAKEN) /* TAKEN from the start: detached */
+        q = atomic_fetch_or_explicit(&co->qstate, WEFT__Q_TAKEN, memory_order_acq_rel);
+    if (WEFT_UNLIKELY(q & WEFT__Q_CLAIMED)) {
+        if (atomic_fetch_or_explicit(&co->qstate, WEFT__Q_CONSUMED, memory_order_acq_rel) &
+            WEFT__Q_JOINER_DONE)
+            weft__co_free(w, co);
+        return NULL;
+    }
+    return co;
+}
+
+/* prepare's rare cases: a ticket or a spawn entry (claimed by its joiner:
+ * NULL), and a first run, which gets its stack here. */
+static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
+{
+    weft_co *co = resolve_entry(w, entry);
+    if (!co)
+        return NULL;
     if (!co->resume) {
         weft__stack *s;
         if (WEFT_UNLIKELY(weft__stack_get(co->stack_size, &s) != 0)) {
@@ -555,8 +582,8 @@ static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
     return co;
 }
 
-/* Makes a queue entry ready to switch into: resolves a spawn entry (NULL
- * for a tombstone) and gives a first run its stack. A started coroutine
+/* Makes a queue entry ready to switch into: resolves a ticket or a spawn
+ * entry (NULL for a tombstone) and gives a first run its stack. A started coroutine
  * (a yield's, a wake-up's) needs neither. */
 static inline __attribute__((always_inline)) weft_co *prepare(weft__worker *w, weft_co *entry)
 {
