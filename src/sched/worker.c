@@ -583,8 +583,8 @@ static WEFT_NOINLINE weft_co *prepare_slow(weft__worker *w, weft_co *entry)
 }
 
 /* Makes a queue entry ready to switch into: resolves a ticket or a spawn
- * entry (NULL for a tombstone) and gives a first run its stack. A started coroutine
- * (a yield's, a wake-up's) needs neither. */
+ * entry (NULL for a tombstone) and gives a first run its stack. A started
+ * coroutine (a yield's, a wake-up's) needs neither. */
 static inline __attribute__((always_inline)) weft_co *prepare(weft__worker *w, weft_co *entry)
 {
     if (WEFT_LIKELY(weft__is_co_entry(entry) && entry->resume))
@@ -751,6 +751,16 @@ void weft__ready(weft_co *co, bool next)
         weft__notify();
 }
 
+/* A new coroutine's queue entry (a spawn entry or a ticket) onto the
+ * calling worker's deque, where an idle worker may steal it. */
+static void push_spawned(weft__worker *w, weft_co *entry)
+{
+    weft__count(&w->stats.spawned);
+    local_push(w, entry);
+    if (weft__rt.nworkers > 1)
+        weft__notify();
+}
+
 int weft__submit(weft__worker *w, weft_co *co)
 {
     if (!w) {
@@ -761,19 +771,13 @@ int weft__submit(weft__worker *w, weft_co *co)
         weft__notify();
         return 0;
     }
-    weft__count(&w->stats.spawned);
-    local_push(w, weft__spawn_entry(co));
-    if (weft__rt.nworkers > 1)
-        weft__notify();
+    push_spawned(w, weft__spawn_entry(co));
     return 0;
 }
 
 void weft__submit_ticket(weft__worker *w, weft__ticket *t)
 {
-    weft__count(&w->stats.spawned);
-    local_push(w, weft__ticket_entry(t));
-    if (weft__rt.nworkers > 1)
-        weft__notify();
+    push_spawned(w, weft__ticket_entry(t));
 }
 
 /* weft__park and weft_yield read the thread-locals directly: nothing
