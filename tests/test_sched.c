@@ -950,6 +950,79 @@ static int held_discovery_child(void)
     return workers == weft__topology_cores() ? 0 : 6;
 }
 
+/* One per worker: records its thread's binding, then spins without
+ * yielding until every probe has recorded, so no two share a worker. */
+struct binding_probe {
+    cpu_set_t seen;
+    _Atomic unsigned *recorded;
+    unsigned n;
+    bool all_met;
+};
+
+static void *record_binding(void *arg)
+{
+    struct binding_probe *p = arg;
+    CPU_ZERO(&p->seen);
+    sched_getaffinity(0, sizeof p->seen, &p->seen);
+    atomic_fetch_add(p->recorded, 1);
+    int64_t until = weft_now() + 5000000000LL;
+    while (atomic_load(p->recorded) < p->n && weft_now() < until)
+        ;
+    p->all_met = atomic_load(p->recorded) == p->n;
+    return NULL;
+}
+
+/* Workers one per core are bound, each to its own CPU, before hwloc's
+ * discovery is done. They were left to the kernel until then, which on
+ * a two-CPU machine started both on one CPU while the discovery thread
+ * ran on the other, and they shared it for up to 20 ms. */
+static int bound_before_discovery_child(void)
+{
+    alarm(20);
+    cpu_set_t mask;
+    if (sched_getaffinity(0, sizeof mask, &mask) != 0 || CPU_COUNT(&mask) < 2)
+        return 77;
+    atomic_store(&discovery_held, 1);
+    if (weft_start(NULL) != 0)
+        return 2;
+    unsigned n = weft_workers();
+    if (n < 2 || n != weft__topology_cores() || n > 64) { /* one core, or a CPU quota */
+        atomic_store(&discovery_held, 0);
+        weft_stop();
+        return 77;
+    }
+    _Atomic unsigned recorded = 0;
+    struct binding_probe probes[64];
+    weft_co *cos[64];
+    void *r;
+    for (unsigned i = 0; i < n; i++) {
+        probes[i] = (struct binding_probe){ .recorded = &recorded, .n = n };
+        if (weft_spawn(&cos[i], NULL, record_binding, &probes[i]) != 0)
+            return 3;
+    }
+    for (unsigned i = 0; i < n; i++)
+        if (weft_join(cos[i], &r) != 0)
+            return 3;
+    bool held = !weft__topology_ready();
+    atomic_store(&discovery_held, 0);
+    if (weft_stop() != 0 || !held)
+        return 4;
+    for (unsigned i = 0; i < n; i++) {
+        if (!probes[i].all_met)
+            return 5; /* two probes on one worker */
+        if (CPU_COUNT(&probes[i].seen) != 1)
+            return 6; /* not bound */
+        cpu_set_t inside;
+        CPU_AND(&inside, &probes[i].seen, &mask);
+        if (!CPU_EQUAL(&inside, &probes[i].seen))
+            return 7; /* bound outside the process's mask */
+        for (unsigned j = 0; j < i; j++)
+            if (CPU_EQUAL(&probes[i].seen, &probes[j].seen))
+                return 8; /* two workers on one CPU */
+    }
+    return 0;
+}
+
 static void *affinity_after_placement(void *arg)
 {
     cpu_set_t *set = arg;
@@ -1019,6 +1092,15 @@ static void test_sched_first_start_does_not_wait_for_the_topology(void **state)
 {
     (void)state;
     assert_int_equal(run_fresh("held-discovery"), 0);
+}
+
+static void test_sched_workers_are_bound_before_the_topology_is_ready(void **state)
+{
+    (void)state;
+    int rc = run_fresh("bound-early");
+    if (rc == 77)
+        skip(); /* one CPU or one core, or fewer workers than cores */
+    assert_int_equal(rc, 0);
 }
 
 /* With fewer workers than cores, WEFT_PIN_AUTO leaves the workers to the
@@ -1131,6 +1213,8 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "--child") == 0) {
         if (strcmp(argv[2], "held-discovery") == 0)
             return held_discovery_child();
+        if (strcmp(argv[2], "bound-early") == 0)
+            return bound_before_discovery_child();
         if (strcmp(argv[2], "affinity") == 0)
             return affinity_child();
         if (strcmp(argv[2], "fewer-workers") == 0)
@@ -1165,6 +1249,7 @@ int main(int argc, char **argv)
 #endif
         cmocka_unit_test(test_sched_first_start_loads_no_hwloc_plugin_and_keeps_the_env),
         cmocka_unit_test(test_sched_first_start_does_not_wait_for_the_topology),
+        cmocka_unit_test(test_sched_workers_are_bound_before_the_topology_is_ready),
         cmocka_unit_test(test_sched_workers_stay_inside_the_process_affinity),
         cmocka_unit_test(test_sched_auto_pinning_leaves_fewer_workers_unbound),
         cmocka_unit_test(test_sched_cgroup_quota_bounds_the_default_workers),

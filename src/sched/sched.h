@@ -331,6 +331,9 @@ unsigned weft__topology_cores(void);
 bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsigned *level);
 /* Binds the calling thread to the core of worker `index` (once ready). */
 void weft__topology_pin(unsigned index);
+/* Before ready: binds the calling thread to the lowest allowed CPU of
+ * the quick count's core `index` (cores ordered by that CPU). */
+void weft__topology_pin_quick(unsigned index);
 /* The CPUs' worth of time the process's cgroup quota allows, rounded up
  * (the smallest along its cgroup path, v1 or v2), read once per process;
  * 0: no quota, or none readable. _at walks one hierarchy mounted at

@@ -34,10 +34,14 @@
  * by each allowed CPU's thread_siblings_list (none to look for when
  * /sys/devices/system/cpu/smt/active says 0). So weft__topology_begin
  * counts the cores so, hands hwloc's discovery to a detached thread
- * (discover_later), and the workers start with a flat victim order and
- * no binding. Each worker looks for the finished topology when it runs
- * out of local work and every 61 scheduling rounds (worker.c, place),
- * then sorts its victims and binds itself. When the quick count fails
+ * (discover_later), and the workers start with a flat victim order,
+ * each bound (when it is to be bound at all) to the lowest allowed CPU of
+ * the quick count's core i, cores in the order of those CPUs
+ * (weft__topology_pin_quick). Each worker looks for the finished topology
+ * when it runs out of local work and every 61 scheduling rounds
+ * (worker.c, place), then sorts its victims and binds itself by hwloc:
+ * the same CPU wherever hwloc's core order follows the CPU numbers, as
+ * it does on common machines; elsewhere the worker moves once. When the quick count fails
  * (no sysfs; more CPUs than CPU_SETSIZE) or no thread can be made, the
  * caller loads the topology itself, as before. A fork while the
  * discovery runs leaves the child without that thread: the child's first
@@ -85,6 +89,7 @@ static hwloc_obj_t *cores;
 enum { NONE, LOADING, READY };
 static _Atomic int phase = NONE;
 static unsigned quick_count;                             /* while LOADING */
+static int quick_first[CPU_SETSIZE]; /* core i's lowest allowed CPU, while LOADING */
 static pthread_mutex_t phase_lock = PTHREAD_MUTEX_INITIALIZER; /* begin vs begin */
 
 /* Every plugin Debian's hwloc 2.9 ships and later ones may add: the
@@ -188,26 +193,31 @@ static int lowest_allowed(const char *list, const cpu_set_t *allowed)
 }
 
 /* The cores among `allowed` (this thread's affinity), without hwloc:
- * each counted at the lowest allowed CPU among its SMT siblings. 0 when
- * sysfs cannot say. */
-static unsigned count_cores(const cpu_set_t *allowed)
+ * each counted at the lowest allowed CPU among its SMT siblings, which
+ * goes into first[] (ascending). 0 when sysfs cannot say. */
+static unsigned count_cores(const cpu_set_t *allowed, int *first)
 {
     char line[512];
-    if (weft__read_line("/sys/devices/system/cpu/smt/active", line, sizeof line) && line[0] == '0')
-        return (unsigned)CPU_COUNT(allowed);
+    bool smt = !weft__read_line("/sys/devices/system/cpu/smt/active", line, sizeof line) ||
+               line[0] != '0';
     unsigned n = 0;
     for (int c = 0; c < CPU_SETSIZE; c++) {
         if (!CPU_ISSET(c, allowed))
             continue;
+        if (!smt) {
+            first[n++] = c;
+            continue;
+        }
         char path[96];
         snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
                  c);
         if (!weft__read_line(path, line, sizeof line))
             return 0;
-        int first = lowest_allowed(line, allowed);
-        if (first < 0)
+        int lowest = lowest_allowed(line, allowed);
+        if (lowest < 0)
             return 0;
-        n += first == c;
+        if (lowest == c)
+            first[n++] = c;
     }
     return n;
 }
@@ -265,7 +275,7 @@ unsigned weft__topology_begin(void)
         hwloc_topology_t t;
         cpu_set_t allowed;
         unsigned quick = sched_getaffinity(0, sizeof allowed, &allowed) == 0
-                             ? count_cores(&allowed)
+                             ? count_cores(&allowed, quick_first)
                              : 0;
         if (topology_init(&t) != 0) {
             atomic_store_explicit(&phase, READY, memory_order_release);
@@ -467,6 +477,18 @@ bool weft__topology_victims(unsigned self, unsigned n, unsigned *victims, unsign
         level[j] = l;
     }
     return true;
+}
+
+void weft__topology_pin_quick(unsigned index)
+{
+    /* quick_first was written before the workers were made; once the
+     * topology is ready, weft__topology_pin binds instead. */
+    if (atomic_load_explicit(&phase, memory_order_acquire) != LOADING || !quick_count)
+        return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(quick_first[index % quick_count], &one);
+    (void)sched_setaffinity(0, sizeof one, &one); /* 0: the calling thread */
 }
 
 void weft__topology_pin(unsigned index)

@@ -374,7 +374,12 @@ static inline weft_co *take(weft__deque *d)
 
 /* Sorts w's victims by the topology and binds w's thread to its core,
  * once hwloc's discovery is done (topology.c: it may still run when the
- * workers start). Only w reads its victim arrays. */
+ * workers start). Until then a worker that is to be bound is bound by
+ * the quick count: left to the kernel, two new workers of a two-CPU
+ * machine started on the same CPU while the discovery thread held the
+ * other, and shared it for up to 20 ms (a fib(30) then took 33 ms
+ * instead of 20), since a worker busy with inline joins may not look
+ * for the topology again for that long. Only w reads its victim arrays. */
 static void place(weft__worker *w)
 {
     w->placed = weft__topology_victims(w->index, weft__rt.nworkers, w->victims, w->victim_level);
@@ -382,9 +387,13 @@ static void place(weft__worker *w)
      * fewer, binding worker i to core i put every weft process of the
      * machine on its first cores (two single-worker processes shared core
      * 0 while the others idled): the kernel places them better. */
-    if (w->placed && (pin_mode == WEFT_PIN_ON || (pin_mode == WEFT_PIN_AUTO &&
-                                                  weft__rt.nworkers == weft__topology_cores())))
-        weft__topology_pin(w->index);
+    if (pin_mode == WEFT_PIN_ON ||
+        (pin_mode == WEFT_PIN_AUTO && weft__rt.nworkers == weft__topology_cores())) {
+        if (w->placed)
+            weft__topology_pin(w->index);
+        else
+            weft__topology_pin_quick(w->index);
+    }
 }
 
 static inline void place_when_ready(weft__worker *w)
